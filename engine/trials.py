@@ -1,0 +1,163 @@
+"""The trial loop: ``num_trials`` seeded trials of one experiment, then the result tables."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import data
+import models
+import optim
+import tasks as task_registry
+from engine import loss_weighting
+from engine.evaluate import test_trial
+from engine.trainer import GLOBAL_CHECKPOINT, LAST_CHECKPOINT, Trainer, task_checkpoint
+from optim import sparsity
+from utils import checkpoint as ckpt
+from utils import report
+from utils.config import ExperimentConfig, dump, parse_yaml
+from utils.errors import ConfigError
+from utils.logging import RunLogger
+
+log = logging.getLogger("gsmtl")
+
+CONFIG_FILE = "config_file.yaml"
+TEST_FILE = "test_dict.json"
+
+
+def trial_folder(cfg: ExperimentConfig, trial: int) -> Path:
+    """``<checkpoint_folder>/<Experiment_name>_trial_<i>``, the study's layout."""
+    return Path(cfg.checkpoint_folder) / f"{cfg.Experiment_name}_trial_{trial}"
+
+
+def resolve_device(cfg: ExperimentConfig) -> torch.device:
+    """``auto`` takes CUDA when present; asking for CUDA without one is a config error."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device': 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a trial draws from."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Fill what the data decides (number of segmentation classes) so trial folders rebuild alone."""
+    if cfg.num_seg_classes is not None:
+        return cfg
+    return cfg.model_copy(update={"num_seg_classes": data.describe(cfg).num_seg_classes})
+
+
+def run(cfg: ExperimentConfig, *, trial: int | None = None) -> list[dict[str, float]]:
+    """Train and test the experiment's trials (or one of them) and write ``out_csv/<exp>.csv``."""
+    if trial is not None and not 0 <= trial < cfg.num_trials:
+        raise ConfigError(f"--trial {trial}: expected 0 <= trial < num_trials = {cfg.num_trials}")
+    cfg = resolve(cfg)
+    device = resolve_device(cfg)
+    splits = data.build(cfg)
+    log.info("%s: %d train / %d val / %d test samples on %s", cfg.Experiment_name,
+             len(splits.train), len(splits.val), len(splits.test), device)
+    for index in range(cfg.num_trials) if trial is None else [trial]:
+        run_trial(cfg, index, splits, device)
+    return write_report(cfg)
+
+
+def run_trial(cfg: ExperimentConfig, index: int, splits: data.Splits, device: torch.device) -> dict[str, Any]:
+    """Train, test and save one trial; a finished trial of the same config is not trained again."""
+    folder = trial_folder(cfg, index)
+    config_text = dump(cfg)
+    if _finished_with(folder, config_text):
+        log.info("trial %d already finished in %s; remove the folder to train it again", index, folder)
+        return ckpt.read_json(folder / TEST_FILE)
+    resume = cfg.checkpoint and (folder / LAST_CHECKPOINT).is_file()
+    if not resume:
+        _clear(folder, cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text(folder / CONFIG_FILE, config_text)
+
+    seed_everything(cfg.seed + index)
+    tasks = task_registry.build(cfg, positive_rates=_positive_rates(cfg, splits.train))
+    model = models.build(cfg).to(device)
+    weighting = loss_weighting.build(cfg.comb_loss, cfg.task_list, cfg.loss_weights).to(device)
+    optimizer = optim.build(cfg, model, extra=list(weighting.parameters()))
+    loaders = {
+        "train": data.loader(splits.train, batch_size=cfg.train_batch_size, shuffle=True,
+                             num_workers=cfg.num_workers, seed=cfg.seed + index, drop_last=len(splits.train) > cfg.train_batch_size),
+        "val": data.loader(splits.val, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=0),
+        "test": data.loader(splits.test, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=0),
+    }
+    state = ckpt.load(folder / LAST_CHECKPOINT, map_location=device) if resume else None
+    logger = RunLogger(
+        name=folder.name, group=cfg.Experiment_name, config=cfg.model_dump(mode="json", by_alias=True),
+        mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity, directory=cfg.wandb.dir,
+        resume_id=None if state is None else state.get("wandb_id"),
+    )
+    try:
+        trainer = Trainer(cfg, model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
+                          loaders=loaders, device=device, folder=folder, logger=logger)
+        if state is not None:
+            trainer.load_state_dict(state)
+            log.info("trial %d resumes after epoch %d", index, state["epoch"])
+        trainer.fit()
+        result = test_trial(cfg, model, tasks, loaders["test"], folder, device)
+        ckpt.write_text(folder / "sparsity_layers.csv", sparsity.layer_table(model.backbone).to_csv(index=False))
+        ckpt.write_json(folder / TEST_FILE, result)
+        logger.summary({"test": result["tasks"], "sparsity": result.get("sparsity", {})})
+    finally:
+        logger.finish()
+    log.info("trial %d: %s", index, _short(result))
+    return result
+
+
+def write_report(cfg: ExperimentConfig, out_dir: str | Path = "out_csv") -> list[dict[str, float]]:
+    """Collect every finished trial of the experiment into the two CSV tables."""
+    rows = [
+        report.trial_row(ckpt.read_json(trial_folder(cfg, i) / TEST_FILE), trial=i)
+        for i in range(cfg.num_trials)
+        if (trial_folder(cfg, i) / TEST_FILE).is_file()
+    ]
+    if rows:
+        summary, _ = report.write_tables(rows, out_dir=out_dir, name=cfg.Experiment_name)
+        log.info("wrote %s (%d trial(s))", summary, len(rows))
+    return rows
+
+
+def _finished_with(folder: Path, config_text: str) -> bool:
+    if not (folder / TEST_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        return False
+    stored = parse_yaml((folder / CONFIG_FILE).read_text(encoding="utf-8"), source=str(folder / CONFIG_FILE))
+    if stored == parse_yaml(config_text, source="config"):
+        return True
+    log.warning("trial folder %s holds a finished trial of another config; training it again", folder)
+    return False
+
+
+def _clear(folder: Path, cfg: ExperimentConfig) -> None:
+    """Remove a previous run's artefacts so a fresh trial never mixes with them."""
+    names = [GLOBAL_CHECKPOINT, LAST_CHECKPOINT, TEST_FILE, "training_dict.json", "validation_dict.json",
+             "sparsity_layers.csv", *(task_checkpoint(t) for t in cfg.task_list)]
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+
+
+def _positive_rates(cfg: ExperimentConfig, train: Any) -> dict[str, float] | None:
+    rate = getattr(train, "positive_rate", None)
+    if rate is None:
+        return None
+    return {task: rate(task) for task in cfg.task_list if task.startswith("class_")}
+
+
+def _short(result: dict[str, Any]) -> str:
+    parts = [f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in list(metrics.items())[:3])
+             for task, metrics in result["tasks"].items()]
+    if "sparsity" in result:
+        parts.append(f"group sparsity {100 * result['sparsity']['group_sparsity']:.1f}%")
+    return " | ".join(parts)
