@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        from engine import trials
         from utils import config, report
 
         cfg = config.load(args.config_exp, args.overrides)
+        from engine import trials  # heavy imports only once the config is known to be valid
+
         rows = trials.run(cfg, trial=args.trial)
         if rows:
             print(f"\n{cfg.Experiment_name}\n{report.format_summary(rows)}")

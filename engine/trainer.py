@@ -151,7 +151,7 @@ class Trainer:
             "stopper": self.stopper.state_dict(),
             "task_stoppers": {name: s.state_dict() for name, s in self.task_stoppers.items()},
             "history": {"train": self.history.train, "val": self.history.val},
-            "rng": _rng_state(),
+            "rng": _rng_state(self.loaders["train"]),
             "wandb_id": self.logger.run_id,
         }
 
@@ -164,7 +164,7 @@ class Trainer:
         for name, stopper_state in state["task_stoppers"].items():
             self.task_stoppers[name].load_state_dict(stopper_state)
         self.history = History(train=state["history"]["train"], val=state["history"]["val"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], self.loaders["train"])
         for name in self.tasks:
             if name not in self.active_tasks:
                 self.model.heads[name].requires_grad_(False)
@@ -300,15 +300,20 @@ def _take(loader: DataLoader, limit: int | None) -> Iterator[Any]:
         yield batch
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(loader: DataLoader) -> dict[str, Any]:
+    """Global generators plus the training loader's shuffle generator, for an exact resume."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if loader.generator is not None:
+        state["loader"] = loader.generator.get_state()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], loader: DataLoader) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "loader" in state and loader.generator is not None:
+        loader.generator.set_state(state["loader"])
 
