@@ -1,0 +1,57 @@
+"""Tasks by the study's names: what each predicts, its loss, its metrics and their directions.
+
+A new task kind is one module here with a ``build(name, cfg, positive_rates)`` function and a
+line in :data:`TASKS` (exact names) or :data:`PREFIXED_TASKS` (families such as ``class_*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from tasks import attribute, depth, edge, normals, segmentation
+from tasks.base import Task
+from utils.config import CELEBA_TASK_ALIASES, ExperimentConfig
+from utils.errors import ConfigError
+
+__all__ = ["PREFIXED_TASKS", "TASKS", "Task", "build", "names"]
+
+TaskBuilder = Callable[[str, ExperimentConfig, Mapping[str, float]], Task]
+
+#: Exact task name -> builder.
+TASKS: Mapping[str, TaskBuilder] = MappingProxyType({
+    "segmentsemantic": segmentation.build,
+    "depth_euclidean": depth.build,
+    "surface_normal": normals.build,
+    "edge_texture": edge.build,
+})
+#: Name prefix -> builder of that task family.
+PREFIXED_TASKS: Mapping[str, TaskBuilder] = MappingProxyType({attribute.PREFIX: attribute.build})
+
+
+def names() -> tuple[str, ...]:
+    """The task names known by name: the dense tasks, then the study's attribute aliases.
+
+    Any ``class_<CelebA attribute>`` (e.g. ``class_Young``) is accepted as well.
+    """
+    return (*TASKS, *CELEBA_TASK_ALIASES)
+
+
+def build(cfg: ExperimentConfig, *, positive_rates: Mapping[str, float] | None = None) -> dict[str, Task]:
+    """The tasks of ``cfg.task_list``, in that order.
+
+    ``positive_rates`` (task -> share of positive training images) feed the attribute losses'
+    ``pos_weight`` when ``cfg.class_balance`` is on.
+    """
+    rates = MappingProxyType(dict(positive_rates or {}))
+    return {name: _builder(name)(name, cfg, rates) for name in cfg.task_list}
+
+
+def _builder(name: str) -> TaskBuilder:
+    if name in TASKS:
+        return TASKS[name]
+    for prefix, builder in PREFIXED_TASKS.items():
+        if name.startswith(prefix):
+            return builder
+    expected = [*TASKS, *(f"{prefix}<attribute>" for prefix in PREFIXED_TASKS)]
+    raise ConfigError(f"task_list: unknown task {name!r}; expected one of {expected}")

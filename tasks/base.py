@@ -1,0 +1,57 @@
+"""What every task tells the rest of the project: its head, its loss, its metrics and their directions."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+HeadKind = Literal["dense", "classification"]
+
+
+class Task(ABC):
+    """One prediction task: ``name`` (the study's), head spec, loss and a fresh metric per split.
+
+    Subclasses set the class attributes: ``head_kind``, ``primary_metric`` (the key early
+    stopping and summaries watch) and ``higher_is_better`` (a direction for every key that
+    :meth:`metric` computes, for Δm and "best" comparisons).
+    """
+
+    head_kind: ClassVar[HeadKind]
+    primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[Mapping[str, bool]]
+
+    def __init__(self, name: str, out_channels: int) -> None:
+        self.name = name
+        self.out_channels = out_channels
+
+    @abstractmethod
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Scalar loss of a batch; ``pred`` is at the target's resolution, invalid pixels are ignored."""
+
+    @abstractmethod
+    def metric(self) -> Metric:
+        """A new metric whose ``compute()`` gives ``{key: 0-d tensor}`` over everything it was updated with."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, out_channels={self.out_channels})"
+
+
+def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+    """Mean of ``values`` where ``valid``; 0 (still differentiable) when nothing is valid.
+
+    ``torch.where`` rather than multiplication, so a NaN/inf at an invalid pixel cannot leak in;
+    the count is clamped on the device, so there is no host sync.
+    """
+    total = torch.where(valid, values, values.new_zeros(())).sum()
+    return total / valid.sum().clamp(min=1)
+
+
+def check_same_shape(pred: Tensor, target: Tensor, task: str) -> None:
+    """Refuse silent broadcasting (N x 1 x H x W against N x H x W would give N x N x H x W)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"{task}: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
