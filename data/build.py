@@ -1,0 +1,240 @@
+"""Config -> datasets and loaders: which dataset module, which NYU layout, which splits.
+
+``dataset_name`` picks a dataset from a small registry (CelebA's module is imported only when
+asked for). NYU-v2 comes in two layouts, told apart by their folders: NYUD_MT (``images/`` +
+``gt_sets/``) and MTAN (``train/image/``). When a release has no test split, a fixed 10 % of
+train (the same for every trial) becomes validation and the release's val split is the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data import mtan, nyud
+from data.cache import CACHE_BUDGET_BYTES, DenseDataset
+from utils.config import ExperimentConfig, SyntheticConfig
+from utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Seeds the validation hold-out; fixed, not the trial seed, so all trials share one split.
+SPLIT_SEED = 0
+HOLDOUT_FRACTION = 0.1
+SYNTHETIC_MARKER = ".synthetic.json"
+
+_LAYOUTS: dict[str, ModuleType] = {nyud.NAME: nyud, mtan.NAME: mtan}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the project needs to know before loading anything."""
+
+    layout: str  # "nyud" | "mtan" | "celeba"
+    num_seg_classes: int
+    root: Path
+
+
+class Splits(NamedTuple):
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+class _DatasetEntry(NamedTuple):
+    describe: Callable[[ExperimentConfig], DatasetInfo]
+    build: Callable[[ExperimentConfig], Splits]
+
+
+def describe(cfg: ExperimentConfig) -> DatasetInfo:
+    """Layout, number of classes and root of the configured dataset, without decoding data."""
+    return _entry(cfg).describe(cfg)
+
+
+def build(cfg: ExperimentConfig) -> Splits:
+    """Train, val and test datasets of the configured dataset (train augmented if asked)."""
+    return _entry(cfg).build(cfg)
+
+
+def loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A reproducible DataLoader: shuffling and worker RNGs derive from `seed`.
+
+    Workers seed torch (and numpy, random) from the loader's generator, so augmentation is
+    deterministic; with ``num_workers=0`` it draws from the main process's torch RNG instead.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_seed_worker,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader seeds torch per worker; give numpy and random (used by third-party transforms) the same."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def holdout(keys: Sequence[str], *, fraction: float = HOLDOUT_FRACTION, seed: int = SPLIT_SEED) -> tuple[list[str], list[str]]:
+    """Split `keys` into (kept, held out) with round(fraction * n) (at least one) held out.
+
+    The choice hashes each key with `seed`, so it does not depend on the keys' order.
+    """
+    count = max(1, round(fraction * len(keys)))
+    ranked = sorted(keys, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).digest())
+    held = set(ranked[:count])
+    return [k for k in keys if k not in held], [k for k in keys if k in held]
+
+
+def _lazy(module: str, function: str) -> Callable:
+    """Call `module.function` importing the module on first use (its dependencies load only then)."""
+
+    def call(cfg: ExperimentConfig):
+        return getattr(importlib.import_module(module), function)(cfg)
+
+    return call
+
+
+def _entry(cfg: ExperimentConfig) -> _DatasetEntry:
+    try:
+        return _DATASETS[cfg.dataset_name]
+    except KeyError:
+        raise ConfigError(f"config key 'dataset_name': unknown {cfg.dataset_name!r}; expected one of {sorted(_DATASETS)}") from None
+
+
+def _find_layout(root: Path) -> ModuleType | None:
+    return next((layout for layout in _LAYOUTS.values() if layout.detect(root)), None)
+
+
+def _nyu_layout(cfg: ExperimentConfig) -> ModuleType:
+    """The layout of the NYU folder, after checking that it holds every task asked for."""
+    root = cfg.data_dir
+    if not root.is_dir():
+        raise DataError(
+            f"config key 'data_dir_{cfg.dataset_name}': folder '{root}' not found; "
+            "expected a NYU-v2 dataset folder (or set 'synthetic' to generate one)"
+        )
+    layout = _find_layout(root)
+    if layout is None:
+        raise DataError(
+            f"{root}: no known NYU-v2 layout; expected NYUD_MT (images/ and gt_sets/) or MTAN (train/image/ and val/image/)"
+        )
+    _check_tasks(layout, cfg.task_list, root)
+    return layout
+
+
+def _check_tasks(layout: ModuleType, tasks: Sequence[str], root: Path) -> None:
+    missing = [task for task in tasks if task not in layout.TASKS]
+    if missing:
+        raise ConfigError(
+            f"config key 'task_list': {missing} not available in the {layout.NAME} layout at {root}; "
+            f"expected tasks among {list(layout.TASKS)}"
+        )
+
+
+def _describe_nyu(cfg: ExperimentConfig) -> DatasetInfo:
+    root = cfg.data_dir
+    if cfg.synthetic is not None and _find_layout(root) is None:
+        _check_tasks(nyud, cfg.task_list, root)
+        return DatasetInfo(nyud.NAME, nyud.NUM_CLASSES, root)  # what _ensure_synthetic will write
+    layout = _nyu_layout(cfg)
+    return DatasetInfo(layout.NAME, layout.NUM_CLASSES, root)
+
+
+def _build_nyu(cfg: ExperimentConfig) -> Splits:
+    root = cfg.data_dir
+    if cfg.synthetic is not None:
+        _ensure_synthetic(root, cfg.synthetic)
+    layout = _nyu_layout(cfg)
+    keys = _split_keys(layout, root)
+    source = layout.Source(root, cfg.task_list)
+    budget = CACHE_BUDGET_BYTES
+    datasets = []
+    for name in Splits._fields:
+        dataset = DenseDataset(
+            source, keys[name], size=cfg.image_size, augment=cfg.augmentation and name == "train",
+            depth_normalization=cfg.depth_normalization, cache_budget=budget, name=name,
+        )
+        budget -= dataset.cached_bytes
+        datasets.append(dataset)
+    return Splits(*datasets)
+
+
+def _split_keys(layout: ModuleType, root: Path) -> dict[str, list[str]]:
+    found = layout.find_splits(root)
+    if "test" in found:
+        log.info("%s: using its train / val / test splits (%d / %d / %d)", root, *(len(found[s]) for s in Splits._fields))
+        return found
+    if len(found["train"]) < 2:
+        raise DataError(f"{root}: {len(found['train'])} train sample(s); expected at least 2 to hold out a validation split")
+    train, val = holdout(found["train"])
+    log.info(
+        "%s: no test split; validating on a fixed %d %% of train (%d of %d, seed %d) and testing on val (%d)",
+        root, round(HOLDOUT_FRACTION * 100), len(val), len(found["train"]), SPLIT_SEED, len(found["val"]),
+    )
+    return {"train": train, "val": val, "test": found["val"]}
+
+
+def _ensure_synthetic(root: Path, spec: SyntheticConfig) -> None:
+    """Generate the synthetic NYUD_MT set into `root` unless a dataset is there already.
+
+    Generation goes to a temporary sibling folder renamed into place when complete, so an
+    interrupted run never leaves a half-written dataset and concurrent runs do not collide.
+    """
+    from data.synthetic import make_nyud  # not at the top: `python -m data.synthetic` warns if `data` imported it
+
+    wanted = spec.model_dump()
+    if _find_layout(root) is not None:
+        marker = root / SYNTHETIC_MARKER
+        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) != wanted:
+            log.warning("%s holds a synthetic set generated with other settings than %s; delete it to regenerate", root, wanted)
+        return
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f"{root}: exists but holds no NYU-v2 dataset; expected an empty or missing folder to generate the synthetic set into")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = root.parent / f".{root.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    log.info("generating a synthetic NYUD_MT dataset %s in %s", wanted, root)
+    make_nyud(partial, num_images=spec.num_images, height=spec.height, width=spec.width, seed=spec.seed)
+    (partial / SYNTHETIC_MARKER).write_text(json.dumps(wanted), encoding="utf-8")
+    try:
+        partial.replace(root)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if _find_layout(root) is None:  # not a concurrent run that finished first
+            raise
+
+
+_DATASETS: dict[str, _DatasetEntry] = {
+    "NYU": _DatasetEntry(_describe_nyu, _build_nyu),
+    "celebA": _DatasetEntry(_lazy("data.celeba", "describe"), _lazy("data.celeba", "build")),
+}

@@ -1,0 +1,227 @@
+"""The study's formatted CelebAMask-HQ (REFERENCE §3) as train/val/test datasets.
+
+Layout read, under ``cfg.data_dir`` (``data_dir_celebA``): ``CelebA-HQ-img/<n>.jpg``,
+``CelebA-HQ-segmask/<n:05d>_mask.npy`` (0 background, 1 hair, 2 face), the attribute file and
+the split file ``celebA_datasplit.json`` (``python -m data.prepare_celeba`` writes all four).
+Images and masks go through the same decode-once cache and joint transforms as NYU-v2
+(:class:`data.cache.DenseDataset`); the attribute labels, one number per image, are added to
+each sample's targets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.build import DatasetInfo, Splits
+from data.cache import CACHE_BUDGET_BYTES, DenseDataset, image_tensor, load_npy, segmentation_tensor
+from data.prepare_celeba import (
+    ATTRIBUTE_FILE,
+    DEFAULT_SPLIT_SEED,
+    IMAGE_DIR,
+    SEG_CLASSES,
+    SEGMASK_DIR,
+    SPLIT_FILE,
+    SPLIT_NAMES,
+    AttributeTable,
+    index_of,
+    read_attributes,
+    seeded_split,
+    segmask_name,
+)
+from data.transforms import IGNORE_INDEX, IMAGE, SEGMENTATION, Fields
+from utils.config import CELEBA_ATTRIBUTES, CELEBA_TASK_ALIASES, ExperimentConfig, celeba_attribute
+from utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+NAME = "celeba"
+
+
+def describe(cfg: ExperimentConfig) -> DatasetInfo:
+    """What the engine needs before building anything: layout, 3 classes, the root."""
+    return DatasetInfo(layout=NAME, num_seg_classes=len(SEG_CLASSES), root=_root(cfg))
+
+
+def build(cfg: ExperimentConfig) -> Splits:
+    """The train/val/test datasets of ``cfg``; only train is augmented (``cfg.augmentation``).
+    The splits share one cache budget, as NYU-v2's do; a split over it reads files on access."""
+    root = _root(cfg)
+    split = read_split(cfg, root)
+    table = read_attributes(root / ATTRIBUTE_FILE) if attribute_tasks(cfg.task_list) else None
+    budget = CACHE_BUDGET_BYTES
+    datasets = []
+    for name in SPLIT_NAMES:
+        dataset = CelebAMaskHQ(
+            root, split[name], cfg.task_list, image_size=cfg.image_size, attributes=table,
+            augment=cfg.augmentation and name == "train", cache_budget=budget, name=name,
+        )
+        budget -= dataset.cached_bytes
+        datasets.append(dataset)
+    return Splits(*datasets)
+
+
+def attribute_tasks(tasks: Sequence[str]) -> dict[str, str]:
+    """Each attribute task of ``tasks`` with its attribute; ConfigError for one CelebA lacks."""
+    attributes = {}
+    for task in tasks:
+        if task == SEGMENTATION:
+            continue
+        attribute = celeba_attribute(task)
+        if attribute is None:
+            raise ConfigError(
+                f"config key 'task_list': unknown celebA task {task!r}; expected '{SEGMENTATION}', "
+                f"{sorted(CELEBA_TASK_ALIASES)} or class_<Attribute> with Attribute in {list(CELEBA_ATTRIBUTES)}"
+            )
+        attributes[task] = attribute
+    return attributes
+
+
+def read_split(cfg: ExperimentConfig, root: Path) -> dict[str, list[str]]:
+    """The split file of ``celebA_split_file`` (default ``<root>/celebA_datasplit.json``).
+
+    Without one, the images present are split 80/10/10 with the seed ``prepare_celeba`` uses
+    by default, so both give the same split. The trial seed is deliberately not used: every
+    trial must see the same test set."""
+    path = Path(cfg.celebA_split_file).expanduser() if cfg.celebA_split_file else root / SPLIT_FILE
+    if path.is_file():
+        return _parse_split(path)
+    if cfg.celebA_split_file:
+        raise DataError(f"config key 'celebA_split_file': '{path}' not found; expected a JSON file of train/val/test lists")
+    files = [image.name for image in (root / IMAGE_DIR).glob("*.jpg") if image.stem.isdigit()]
+    if not files:
+        raise DataError(f"'{root / IMAGE_DIR}' holds no <n>.jpg images; expected the formatted CelebAMask-HQ layout")
+    log.info(
+        "no %s in %s: using a seeded 80/10/10 split (seed %d) of its %d images", SPLIT_FILE, root, DEFAULT_SPLIT_SEED, len(files)
+    )
+    return seeded_split(files, DEFAULT_SPLIT_SEED)
+
+
+def _parse_split(path: Path) -> dict[str, list[str]]:
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"split file '{path}' is not readable JSON ({error})") from None
+    if not isinstance(split, dict) or any(
+        not isinstance(split.get(name), list) or not all(isinstance(file, str) for file in split[name]) for name in SPLIT_NAMES
+    ):
+        raise DataError(f"split file '{path}': expected {{\"train\": [\"<n>.jpg\", ...], \"val\": [...], \"test\": [...]}}")
+    for name in SPLIT_NAMES:
+        for file in split[name]:
+            index_of(file)
+    return {name: split[name] for name in SPLIT_NAMES}
+
+
+def _root(cfg: ExperimentConfig) -> Path:
+    root = cfg.data_dir
+    if not root.is_dir():
+        raise DataError(f"config key 'data_dir_celebA': '{root}' is not a folder; expected the formatted CelebAMask-HQ copy")
+    return root
+
+
+class Source:
+    """Reads one formatted image (and its mask when segmentation is a task), for DenseDataset."""
+
+    def __init__(self, root: Path, *, with_mask: bool) -> None:
+        self.root = Path(root)
+        self.tasks = (SEGMENTATION,) if with_mask else ()
+
+    def files(self, key: str) -> list[Path]:
+        image = self.root / IMAGE_DIR / key
+        return [image, self.root / SEGMASK_DIR / segmask_name(index_of(key))] if self.tasks else [image]
+
+    def read(self, key: str) -> Fields:
+        paths = self.files(key)
+        bgr = cv2.imread(str(paths[0]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise DataError(f"{paths[0]}: cannot decode; expected a JPEG image")
+        fields = {IMAGE: image_tensor(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), paths[0])}
+        if self.tasks:
+            fields[SEGMENTATION] = _mask(paths[1], bgr.shape[:2])
+        return fields
+
+
+def _mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """The 3-class mask at the image's size (copies whose masks kept another size are resized)."""
+    mask = load_npy(path)
+    if mask.ndim != 2:
+        raise DataError(f"{path}: array of shape {mask.shape}; expected an H x W mask")
+    if np.any((mask >= len(SEG_CLASSES)) & (mask != IGNORE_INDEX)) or np.any(mask < 0):
+        raise DataError(f"{path}: values {sorted(np.unique(mask))}; expected classes 0..{len(SEG_CLASSES) - 1}")
+    mask = mask.astype(np.uint8)
+    if mask.shape != size:
+        mask = cv2.resize(mask, size[::-1], interpolation=cv2.INTER_NEAREST)
+    return segmentation_tensor(mask, path, size)
+
+
+class CelebAMaskHQ(Dataset):
+    """One split: samples ``{"image": 3×H×W float32, "targets": {task: tensor}}`` (docs/contracts.md),
+    ``segmentsemantic`` int64 H×W, ``class_<attr>`` float32 0-d (0. or 1.)."""
+
+    def __init__(
+        self,
+        root: Path,
+        files: Sequence[str],
+        tasks: Sequence[str],
+        *,
+        image_size: Sequence[int],
+        attributes: AttributeTable | None = None,
+        augment: bool = False,
+        cache_budget: int = CACHE_BUDGET_BYTES,
+        name: str = "celeba",
+    ) -> None:
+        self.root = Path(root)
+        self.files = list(files)
+        self.tasks = list(tasks)
+        self._labels = self._read_labels(attributes)
+        self._images = DenseDataset(
+            Source(self.root, with_mask=SEGMENTATION in self.tasks), self.files,
+            size=image_size, augment=augment, cache_budget=cache_budget, name=name,
+        )
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes the decoded images and masks hold in memory (0 when read on access)."""
+        return self._images.cached_bytes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self._images[index]
+        dense = sample["targets"]
+        labels = {task: torch.tensor(values[index]) for task, values in self._labels.items()}
+        sample["targets"] = {task: dense[task] if task in dense else labels[task] for task in self.tasks}
+        return sample
+
+    def positive_rate(self, task: str) -> float:
+        """The share of positives of an attribute task on this split (for class balancing)."""
+        if task not in self._labels:
+            raise ConfigError(
+                f"positive_rate: {task!r} is not an attribute task of this dataset; expected one of {sorted(self._labels)}"
+            )
+        labels = self._labels[task]
+        return float(labels.mean()) if len(labels) else 0.0
+
+    def _read_labels(self, table: AttributeTable | None) -> dict[str, np.ndarray]:
+        """0/1 float32 labels of every attribute task, in the split's order."""
+        wanted = attribute_tasks(self.tasks)
+        if not wanted:
+            return {}
+        path = self.root / ATTRIBUTE_FILE
+        table = read_attributes(path) if table is None else table
+        for task, attribute in wanted.items():
+            if attribute not in table.names:
+                raise DataError(f"{path}: no column '{attribute}' (task {task}); the file has {list(table.names)}")
+        missing = [file for file in self.files if file not in table.rows]
+        if missing:
+            raise DataError(f"{path}: no row for {missing[0]} ({len(missing)} files of the split have none)")
+        return {task: table.positives(attribute, self.files) for task, attribute in wanted.items()}
