@@ -2,6 +2,7 @@
 
     python main_multi_trials.py --config_exp config/exp_single_mtl_NYU.yaml
     python main_multi_trials.py                      # the demo on built-in synthetic data
+    python main_multi_trials.py --config_exp config/exp_gridsearch_single_mtl.yaml   # λ sweep (lambda_sweep key)
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         from utils import config, report
 
         cfg = config.load(args.config_exp, args.overrides)
-        from engine import trials  # heavy imports only once the config is known to be valid
+        from engine import sweep, trials  # heavy imports only once the config is known to be valid
 
+        if cfg.lambda_sweep:
+            table = sweep.run_sweep(cfg, trial=args.trial)
+            print(f"\n{cfg.Experiment_name}: λ sweep\n{sweep.format_sweep(cfg, table)}")
+            return
         rows = trials.run(cfg, trial=args.trial)
         if rows:
             print(f"\n{cfg.Experiment_name}\n{report.format_summary(rows)}")

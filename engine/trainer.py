@@ -22,22 +22,19 @@ from tqdm import tqdm
 
 import optim
 from engine.early_stopping import EarlyStopping
+from engine.layout import GLOBAL_CHECKPOINT, HISTORY_FILES, LAST_CHECKPOINT, task_checkpoint
 from engine.loss_weighting import LossWeighting
 from optim import sparsity
 from tasks.base import Task
 from utils import checkpoint as ckpt
 from utils.config import ExperimentConfig
 from utils.logging import RunLogger
+from utils.visualize import prediction_panel
 
 log = logging.getLogger("gsmtl")
 
-GLOBAL_CHECKPOINT = "checkpoint.pt"
-LAST_CHECKPOINT = "last.pt"
-
-
-def task_checkpoint(task: str) -> str:
-    """File name of a task's best weights in a multitask trial."""
-    return f"{task}_checkpoint.pt"
+#: Epochs between prediction images in wandb (``wandb_img_log``).
+IMAGE_LOG_EVERY = 10
 
 
 @dataclass
@@ -61,8 +58,9 @@ class History:
         self.val["time"].append(seconds)
 
     def write(self, folder: Path) -> None:
-        ckpt.write_json(folder / "training_dict.json", self.train)
-        ckpt.write_json(folder / "validation_dict.json", self.val)
+        train_file, val_file = HISTORY_FILES
+        ckpt.write_json(folder / train_file, self.train)
+        ckpt.write_json(folder / val_file, self.val)
 
 
 def _append(store: dict[str, list[float]], values: Mapping[str, float]) -> None:
@@ -176,9 +174,9 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.epochs):
             lam = self._schedule_sparsity(epoch)
             started = time.perf_counter()
-            train_losses = self.train_one_epoch(epoch)
+            train_losses = self.train_one_epoch(epoch, lam)
             train_seconds = time.perf_counter() - started
-            spars = self._sparsity()
+            spars = self._sparsity(lam)
             self.history.add_train(train_losses, self.optimizer.param_groups[0]["lr"], lam, spars, train_seconds)
 
             started = time.perf_counter()
@@ -198,12 +196,14 @@ class Trainer:
                  "val": {"loss": val_losses, "metric": val_metrics}, "sparsity": spars},
                 step=epoch,
             )
+            if self.cfg.wandb_img_log and self.logger.run_id is not None and epoch % IMAGE_LOG_EVERY == 0:
+                self._log_predictions(epoch)
             log.info(self._summary_line(epoch, train_losses, val_losses, val_metrics, spars))
             if self.stopper.stopped or (self.task_stoppers and not self.active_tasks):
                 log.info("early stop at epoch %d (best total %.4f at epoch %d)", epoch, self.stopper.best, self.stopper.best_epoch)
                 break
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+    def train_one_epoch(self, epoch: int, lam: float = 0.0) -> dict[str, float]:
         """One pass over the training split; returns mean losses per task and in total."""
         self.model.train()
         active = self.active_tasks
@@ -219,7 +219,7 @@ class Trainer:
             losses = {name: self.tasks[name].loss(outputs[name].float(), targets[name]) for name in active}
             total = self.weighting(losses, active)
             if self.cfg.penalty_in_loss and self.cfg.group_sparsity:
-                total = total + optim.penalty_tensor(self.optimizer)
+                total = total + self._penalty(lam)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -234,6 +234,17 @@ class Trainer:
         return read_scalars({name: value / max(count, 1) for name, value in sums.items()})
 
     # ----------------------------------------------------------------- pieces
+    @torch.no_grad()
+    def _log_predictions(self, epoch: int, count: int = 4) -> None:
+        """A few validation inputs with each task's ground truth and prediction, as one wandb image."""
+        self.model.eval()
+        images, targets = to_device(next(iter(self.loaders["val"])), self.device, self.cfg.channels_last)
+        images, targets = images[:count], {name: target[:count] for name, target in targets.items()}
+        with autocast(self.device, self.cfg.amp):
+            outputs = self.model(images, tasks=list(self.tasks))
+        panel = prediction_panel(images, targets, outputs, list(self.tasks), max_items=count)
+        self.logger.log_array("val/predictions", panel, step=epoch, caption=f"epoch {epoch}")
+
     def _schedule_sparsity(self, epoch: int) -> float:
         """λ for this epoch (``lambda_list`` while it lasts) and the prox switch (``sparsity_threshold``)."""
         lam = self.cfg.bb_optimizer_params.lambda_
@@ -246,10 +257,17 @@ class Trainer:
         optim.set_prox(self.optimizer, epoch >= self.cfg.sparsity_threshold)
         return lam
 
-    def _sparsity(self) -> dict[str, float]:
+    def _penalty(self, lam: float) -> torch.Tensor:
+        """The backbone's group penalty at ``lam`` (differentiable)."""
+        params = self.cfg.bb_optimizer_params
+        return sparsity.penalty(self.model.backbone, penalty=params.penalty, lam=lam, gamma=params.gamma,
+                                reweight=params.reweight)
+
+    def _sparsity(self, lam: float) -> dict[str, float]:
         summary = sparsity.summary(self.model.backbone)
         if self.cfg.group_sparsity:
-            summary["penalty"] = float(optim.penalty_tensor(self.optimizer).detach())
+            with torch.no_grad():
+                summary["penalty"] = float(self._penalty(lam))
         return summary
 
     def _early_stopping(self, epoch: int, val_losses: dict[str, float]) -> float:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import data
@@ -15,8 +13,13 @@ import models
 import optim
 import tasks as task_registry
 from engine import loss_weighting
-from engine.evaluate import test_trial
-from engine.trainer import GLOBAL_CHECKPOINT, LAST_CHECKPOINT, Trainer, task_checkpoint
+from engine.evaluate import positive_rates, test_trial
+from engine.layout import (
+    CONFIG_FILE, GLOBAL_CHECKPOINT, HISTORY_FILES, LAST_CHECKPOINT, LAYER_TABLE, TEST_FILE, task_checkpoint,
+    trial_folder,
+)
+from engine.runtime import resolve_device, seed_everything
+from engine.trainer import Trainer
 from optim import sparsity
 from utils import checkpoint as ckpt
 from utils import report
@@ -25,28 +28,6 @@ from utils.errors import ConfigError
 from utils.logging import RunLogger
 
 log = logging.getLogger("gsmtl")
-
-CONFIG_FILE = "config_file.yaml"
-TEST_FILE = "test_dict.json"
-
-
-def trial_folder(cfg: ExperimentConfig, trial: int) -> Path:
-    """``<checkpoint_folder>/<Experiment_name>_trial_<i>``, the study's layout."""
-    return Path(cfg.checkpoint_folder) / f"{cfg.Experiment_name}_trial_{trial}"
-
-
-def resolve_device(cfg: ExperimentConfig) -> torch.device:
-    """``auto`` takes CUDA when present; asking for CUDA without one is a config error."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'device': 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator a trial draws from."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -84,7 +65,7 @@ def run_trial(cfg: ExperimentConfig, index: int, splits: data.Splits, device: to
     ckpt.write_text(folder / CONFIG_FILE, config_text)
 
     seed_everything(cfg.seed + index)
-    tasks = task_registry.build(cfg, positive_rates=_positive_rates(cfg, splits.train))
+    tasks = task_registry.build(cfg, positive_rates=positive_rates(cfg, splits.train))
     model = models.build(cfg).to(device)
     weighting = loss_weighting.build(cfg.comb_loss, cfg.task_list, cfg.loss_weights).to(device)
     optimizer = optim.build(cfg, model, extra=list(weighting.parameters()))
@@ -108,7 +89,7 @@ def run_trial(cfg: ExperimentConfig, index: int, splits: data.Splits, device: to
             log.info("trial %d resumes after epoch %d", index, state["epoch"])
         trainer.fit()
         result = test_trial(cfg, model, tasks, loaders["test"], folder, device)
-        ckpt.write_text(folder / "sparsity_layers.csv", sparsity.layer_table(model.backbone).to_csv(index=False))
+        ckpt.write_text(folder / LAYER_TABLE, sparsity.layer_table(model.backbone).to_csv(index=False))
         ckpt.write_json(folder / TEST_FILE, result)
         logger.summary({"test": result["tasks"], "sparsity": result.get("sparsity", {})})
     finally:
@@ -142,17 +123,10 @@ def _finished_with(folder: Path, config_text: str) -> bool:
 
 def _clear(folder: Path, cfg: ExperimentConfig) -> None:
     """Remove a previous run's artefacts so a fresh trial never mixes with them."""
-    names = [GLOBAL_CHECKPOINT, LAST_CHECKPOINT, TEST_FILE, "training_dict.json", "validation_dict.json",
-             "sparsity_layers.csv", *(task_checkpoint(t) for t in cfg.task_list)]
+    names = [GLOBAL_CHECKPOINT, LAST_CHECKPOINT, TEST_FILE, LAYER_TABLE, *HISTORY_FILES,
+             *(task_checkpoint(t) for t in cfg.task_list)]
     for name in names:
         (folder / name).unlink(missing_ok=True)
-
-
-def _positive_rates(cfg: ExperimentConfig, train: Any) -> dict[str, float] | None:
-    rate = getattr(train, "positive_rate", None)
-    if rate is None:
-        return None
-    return {task: rate(task) for task in cfg.task_list if task.startswith("class_")}
 
 
 def _short(result: dict[str, Any]) -> str:

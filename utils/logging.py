@@ -65,6 +65,13 @@ class RunLogger:
 
             self._run.log({key: wandb.Image(str(path), caption=caption)})
 
+    def log_array(self, key: str, image: Any, *, step: int | None = None, caption: str = "") -> None:
+        """Log an H x W x 3 uint8 array (e.g. ``utils.visualize.prediction_panel``) as an image."""
+        if self._run is not None:
+            import wandb
+
+            self._run.log({key: wandb.Image(image, caption=caption)}, step=step)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         if self._run is not None:
             self._run.summary.update(flatten(values))

@@ -1,7 +1,8 @@
-"""Result tables: per-trial numbers and the study's one-row ``"mean ± std"`` summary."""
+"""Result tables: per-trial numbers, the study's one-row ``"mean ± std"`` summary, Δm against baselines."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from utils.checkpoint import write_text
+from utils.errors import DataError
 
 #: Which sparsity measures go into the tables, in this order.
 SPARSITY_COLUMNS = ("group_sparsity", "filter_sparsity", "param_sparsity", "nonzero_params", "total_params")
@@ -53,3 +55,74 @@ def format_summary(rows: Sequence[Mapping[str, float]]) -> str:
     table = summary.T.reset_index()
     table.columns = ["metric", f"mean ± std over {len(rows)} trial(s)"]
     return table.to_string(index=False)
+
+
+def read_baseline(paths: Sequence[str | Path], *, tasks: Sequence[str]) -> dict[str, float]:
+    """Mean of every ``<task>_<metric>`` column of ``tasks`` in single-task result CSVs.
+
+    Each file is either a ``_trials.csv`` (numbers, one row per trial: the mean is taken) or a
+    summary CSV (one row of ``"mean ± std"`` strings: the mean is read). A task column found
+    in two files is ambiguous and refused.
+    """
+    prefixes = tuple(f"{task}_" for task in tasks)
+    baseline: dict[str, float] = {}
+    source: dict[str, Path] = {}
+    for path in map(Path, paths):
+        for column, value in _csv_means(path).items():
+            if not column.startswith(prefixes):
+                continue
+            if column in source:
+                raise DataError(f"baseline column '{column}' is in both '{source[column]}' and '{path}'; pass one of them")
+            baseline[column], source[column] = value, path
+    return baseline
+
+
+def _csv_means(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        raise DataError(f"baseline file '{path}' not found; expected a CSV written by get_outputs.py or main_multi_trials.py")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"baseline file '{path}' is not a readable CSV ({str(error).splitlines()[0]})") from None
+    means: dict[str, float] = {}
+    for column in table.columns:
+        values = table[column]
+        if values.dtype == object:
+            values = values.astype(str).str.split("±").str[0]
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.notna().all() and len(numbers):
+            means[str(column)] = float(numbers.mean())
+    return means
+
+
+def delta_m(
+    row: Mapping[str, float], baseline: Mapping[str, float], directions: Mapping[str, Mapping[str, bool]],
+) -> dict[str, float]:
+    """Multi-task gain over single-task baselines, in %, overall and per task (REFERENCE §6).
+
+    Δm = (1/T) Σ_t (1/M_t) Σ_m (−1)^{h_m} (M_b − M)/M_b · 100, h_m = 1 where higher is better,
+    so a positive Δm is better than the baselines (Maninis et al. 2019; LibMTL's definition).
+    Every metric of a task present in both ``row`` and ``baseline`` counts, except undefined
+    (NaN) values, such as AUROC on a split with one class.
+
+    Args:
+        row: ``<task>_<metric>`` values of the model (one trial, or means).
+        baseline: ``<task>_<metric>`` values of the single-task models.
+        directions: per task, ``{metric: higher_is_better}`` (``Task.higher_is_better``).
+    """
+    gains: dict[str, float] = {}
+    for task, metrics in directions.items():
+        terms = []
+        for metric, higher in metrics.items():
+            column = f"{task}_{metric}"
+            if column not in row or column not in baseline or not math.isfinite(row[column]):
+                continue
+            base = baseline[column]
+            if base == 0:
+                raise DataError(f"baseline column '{column}' is 0; Δm divides by the baseline, so it cannot use it")
+            sign = -1.0 if higher else 1.0
+            terms.append(sign * (base - row[column]) / base * 100.0)
+        if not terms:
+            raise DataError(f"no baseline for task '{task}': expected columns {task}_<metric> in the --baseline CSVs")
+        gains[f"delta_m_{task}"] = sum(terms) / len(terms)
+    return {"delta_m": sum(gains.values()) / len(gains), **gains}

@@ -1,0 +1,116 @@
+"""End to end on a tiny synthetic dataset: trial folders, tables, one backbone pass, exact resume."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import data
+from engine import trials
+from engine.layout import LAST_CHECKPOINT
+from utils import checkpoint as ckpt
+from utils import config
+
+
+def tiny_config(tmp: Path, **changes) -> config.ExperimentConfig:
+    raw = {
+        "Experiment_name": "tiny",
+        "dataset_name": "NYU",
+        "task_list": ["segmentsemantic", "depth_euclidean", "surface_normal"],
+        "setup": "multitask",
+        "group_sparsity": True,
+        "backbone": "resnetd18",
+        "backbone_width": 0.125,
+        "head_channels": 8,
+        "checkpoint_folder": str(tmp / "runs"),
+        "num_trials": 2,
+        "train_batch_size": 4,
+        "val_batch_size": 8,
+        "test_batch_size": 8,
+        "input_shape": [32, 48],
+        "epochs": 2,
+        "num_workers": 0,
+        "data_dir_NYU": str(tmp / "nyud"),
+        "synthetic": {"num_images": 24, "height": 32, "width": 48, "seed": 1},
+        "optimizer_params": {"learning_rate": 1e-3, "penalty": None},
+        "bb_optimizer_params": {"learning_rate": 1e-3, "penalty": "l1_l2", "lambda": 1e-2},
+        "wandb": {"mode": "disabled"},
+    }
+    raw.update(changes)
+    return config.validate(raw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[config.ExperimentConfig, Path, list]:
+    tmp = tmp_path_factory.mktemp("trials")
+    cfg = tiny_config(tmp)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp)  # the tables go to ./out_csv
+        rows = trials.run(cfg)
+    return cfg, tmp / "out_csv", rows
+
+
+def test_trial_folders_hold_the_studys_files(finished) -> None:
+    cfg, _, _ = finished
+    for i in range(2):
+        folder = trials.trial_folder(cfg, i)
+        names = {p.name for p in folder.iterdir()}
+        assert {"config_file.yaml", "checkpoint.pt", "last.pt", "training_dict.json", "validation_dict.json",
+                "test_dict.json", "sparsity_layers.csv"} <= names
+        assert config.load(folder / "config_file.yaml").num_seg_classes == 40
+        history = ckpt.read_json(folder / "validation_dict.json")
+        assert len(history["loss"]["total"]) == 2
+        assert set(history["metric"]) == set(cfg.task_list)
+
+
+def test_tables_have_mean_std_and_per_trial_rows(finished) -> None:
+    _, out, rows = finished
+    summary = pd.read_csv(out / "tiny.csv")
+    per_trial = pd.read_csv(out / "tiny_trials.csv")
+    assert len(summary) == 1 and len(per_trial) == 2 and len(rows) == 2
+    for column in ("segmentsemantic_mIoU", "depth_euclidean_abs_err", "surface_normal_mean", "group_sparsity"):
+        assert " ± " in summary.loc[0, column]
+        assert per_trial[column].notna().all()
+
+
+def test_finished_trial_is_not_trained_again(finished) -> None:
+    cfg, _, _ = finished
+    stamp = (trials.trial_folder(cfg, 0) / "checkpoint.pt").stat().st_mtime_ns
+    trials.run(cfg, trial=0)
+    assert (trials.trial_folder(cfg, 0) / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_backbone_runs_once_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import models
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path, num_trials=1, epochs=1)
+    training_calls = []
+    original = models.build
+
+    def counting_build(c):
+        model = original(c)
+        model.backbone.register_forward_hook(lambda module, *_: training_calls.append(1) if module.training else None)
+        return model
+
+    monkeypatch.setattr(models, "build", counting_build)
+    trials.run(cfg)
+    splits = data.build(trials.resolve(cfg))
+    assert len(training_calls) == len(splits.train) // cfg.train_batch_size  # three tasks, one pass
+
+
+def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    straight = tiny_config(tmp_path / "a", num_trials=1, epochs=3, augmentation=True)
+    trials.run(straight)
+    interrupted = tiny_config(tmp_path / "b", num_trials=1, epochs=2, augmentation=True)
+    trials.run(interrupted)
+    (trials.trial_folder(interrupted, 0) / "test_dict.json").unlink()
+    resumed = tiny_config(tmp_path / "b", num_trials=1, epochs=3, augmentation=True, checkpoint=True)
+    trials.run(resumed)
+    a = ckpt.load(trials.trial_folder(straight, 0) / LAST_CHECKPOINT)
+    b = ckpt.load(trials.trial_folder(resumed, 0) / LAST_CHECKPOINT)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key

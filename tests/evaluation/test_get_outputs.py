@@ -1,0 +1,120 @@
+"""get_outputs.py: trial discovery, tables with metrics, sparsity and cost, moved data, Δm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import get_outputs
+import tasks as task_registry
+from engine.evaluate import find_trials
+from utils import checkpoint as ckpt
+from utils import report
+from utils.errors import ConfigError, DataError
+
+NAME = "tiny_mtl"  # conftest's experiment
+
+
+def run(trained, out: Path, *args: str) -> int:
+    return get_outputs.main(["--runs_dir", str(trained.runs), "--out_dir", str(out), "--device", "cpu", *args])
+
+
+@pytest.fixture(scope="module")
+def tables(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("out_csv")
+    assert run(trained, out, "--exp_name", f"{NAME}_") == 0
+    return pd.read_csv(out / f"{NAME}.csv"), pd.read_csv(out / f"{NAME}_trials.csv")
+
+
+def test_tables_hold_every_metric_sparsity_and_cost(trained, tables) -> None:
+    summary, per_trial = tables
+    assert len(summary) == 1 and per_trial["trial"].tolist() == [0, 1]
+    metric_columns = [f"{name}_{metric}" for name, task in task_registry.build(trained.cfg).items()
+                      for metric in task.higher_is_better]
+    cost_columns = ["model_params", "model_size_mb", "gflops", "latency_ms_batch1", "latency_ms_batch8"]
+    for column in [*metric_columns, *report.SPARSITY_COLUMNS, *cost_columns]:
+        assert per_trial[column].notna().all(), column
+        assert " ± " in summary.loc[0, column], column
+    assert (per_trial["gflops"] > 0).all() and (per_trial["latency_ms_batch1"] > 0).all()
+
+
+def test_evaluation_reproduces_the_test_numbers_of_training(trained, tables) -> None:
+    _, per_trial = tables
+    for trial in (0, 1):
+        stored = ckpt.read_json(trained.folder(trial) / "test_dict.json")
+        for name, metrics in stored["tasks"].items():
+            for metric, value in metrics.items():
+                assert per_trial.loc[trial, f"{name}_{metric}"] == pytest.approx(value, rel=1e-5, abs=1e-6)
+        assert per_trial.loc[trial, "group_sparsity"] == pytest.approx(stored["sparsity"]["group_sparsity"])
+
+
+def test_both_folder_spellings_and_sub_folders_are_found(tmp_path: Path) -> None:
+    for name in ("a_trial_0", "nested/atrial_1", "ab_trial_0", "a_trial_x"):
+        (tmp_path / name).mkdir(parents=True)
+    assert find_trials("a_", runs_dir=tmp_path) == {0: tmp_path / "a_trial_0", 1: tmp_path / "nested" / "atrial_1"}
+    assert find_trials(str(tmp_path / "a"), runs_dir="elsewhere", num_trials=1) == {0: tmp_path / "a_trial_0"}
+    (tmp_path / "atrial_0").mkdir()
+    with pytest.raises(DataError, match="several folders"):
+        find_trials("a", runs_dir=tmp_path)
+    with pytest.raises(ConfigError, match="--num_trials 0"):
+        find_trials("a", runs_dir=tmp_path, num_trials=0)
+
+
+def test_missing_trial_exits_2_naming_it(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run(trained, tmp_path, "--exp_name", f"{NAME}_", "--num_trials", "3") == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "trial(s) [2]" in error and "found trials [0, 1]" in error
+    assert run(trained, tmp_path, "--exp_name", "no_such_exp_") == 2
+    assert not list(tmp_path.glob("*.csv"))
+
+
+def test_moved_data_needs_data_dir(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    moved = trained.data_dir.with_name("nyud_moved")
+    trained.data_dir.rename(moved)
+    try:
+        assert run(trained, tmp_path, "--exp_name", NAME, "--num_trials", "1") == 2
+        error = capsys.readouterr().err
+        assert str(trained.data_dir) in error and "--data_dir" in error and "Traceback" not in error
+        assert not trained.data_dir.exists()  # evaluation never generates data where the config pointed
+        assert run(trained, tmp_path, "--exp_name", NAME, "--num_trials", "1", "--data_dir", str(moved)) == 0
+    finally:
+        moved.rename(trained.data_dir)
+    assert pd.read_csv(tmp_path / f"{NAME}_trials.csv")["trial"].tolist() == [0]
+
+
+def test_delta_m_against_single_task_baselines(trained, tmp_path: Path) -> None:
+    base = {"segmentsemantic_mIoU": 0.05, "segmentsemantic_pixel_acc": 0.2, "depth_euclidean_abs_err": 1.5,
+            "surface_normal_mean": 40.0, "surface_normal_within_11.25": 10.0}
+    # Three single-task experiments, written the two ways the project writes tables.
+    pd.DataFrame({"trial": [0, 1], "segmentsemantic_mIoU": [0.04, 0.06], "segmentsemantic_pixel_acc": [0.1, 0.3],
+                  "group_sparsity": [0.5, 0.5]}).to_csv(tmp_path / "seg_trials.csv", index=False)
+    pd.DataFrame({"depth_euclidean_abs_err": ["1.5000 ± 0.1000"], "group_sparsity": ["0.1 ± 0.0"]}).to_csv(
+        tmp_path / "depth.csv", index=False)
+    pd.DataFrame({"trial": [0], "surface_normal_mean": [40.0], "surface_normal_within_11.25": [10.0]}).to_csv(
+        tmp_path / "sn_trials.csv", index=False)
+    baselines = [str(tmp_path / n) for n in ("seg_trials.csv", "depth.csv", "sn_trials.csv")]
+    assert run(trained, tmp_path, "--exp_name", NAME, "--num_trials", "1", "--baseline", *baselines) == 0
+
+    row = pd.read_csv(tmp_path / f"{NAME}_trials.csv").iloc[0]
+    seg = ((row["segmentsemantic_mIoU"] - 0.05) / 0.05 + (row["segmentsemantic_pixel_acc"] - 0.2) / 0.2) / 2 * 100
+    depth = (1.5 - row["depth_euclidean_abs_err"]) / 1.5 * 100
+    normals = ((40.0 - row["surface_normal_mean"]) / 40.0 + (row["surface_normal_within_11.25"] - 10.0) / 10.0) / 2 * 100
+    assert row["delta_m_segmentsemantic"] == pytest.approx(seg)
+    assert row["delta_m_depth_euclidean"] == pytest.approx(depth)
+    assert row["delta_m_surface_normal"] == pytest.approx(normals)
+    assert row["delta_m"] == pytest.approx((seg + depth + normals) / 3)
+    assert report.read_baseline(baselines, tasks=trained.cfg.task_list) == pytest.approx(base)
+
+
+def test_baseline_errors_name_the_file(tmp_path: Path) -> None:
+    pd.DataFrame({"seg_mIoU": [0.5]}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"seg_mIoU": ["0.5 ± 0.1"]}).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(DataError, match="b.csv"):
+        report.read_baseline([tmp_path / "a.csv", tmp_path / "b.csv"], tasks=["seg"])
+    with pytest.raises(DataError, match="missing.csv"):
+        report.read_baseline([tmp_path / "missing.csv"], tasks=["seg"])
+    with pytest.raises(DataError, match="no baseline for task 'depth'"):
+        report.delta_m({"depth_abs_err": 1.0}, {"seg_mIoU": 0.5}, {"depth": {"abs_err": False}})
+    assert report.delta_m({"seg_mIoU": 0.6}, {"seg_mIoU": 0.5}, {"seg": {"mIoU": True}})["delta_m"] == pytest.approx(20.0)

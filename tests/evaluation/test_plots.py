@@ -1,0 +1,62 @@
+"""Figures: the plot script on a trained trial (PNG files, wandb offline run) and the plot functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import plot_sparsity_wandb
+from utils import plots
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_plot_script_writes_pngs_and_logs_them_offline(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    folder = trained.folder(0)
+    assert plot_sparsity_wandb.main(["--exp_folder_path", str(folder), "--wandb_dir", str(tmp_path)]) == 0
+    for name in ("sparsity_plot.png", "training_curves.png"):
+        width, height = png_size(folder / name)
+        assert 600 <= width <= 2400 and height > 200, name
+    logged = list(tmp_path.glob("wandb/offline-run-*/files/media/images/*.png"))
+    assert {p.name.split("_")[0] for p in logged} >= {"sparsity", "training"}
+
+
+def test_plot_script_missing_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert plot_sparsity_wandb.main(["--exp_folder_path", str(tmp_path / "nope"), "--wandb", "disabled"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_survival_map_marks_alive_zero_and_absent() -> None:
+    layers = [plots.LayerChannels("a", np.array([True, False])), plots.LayerChannels("b", np.array([False, True, True]))]
+    image = plots.survival_map(layers)
+    assert image.shape == (2, 3, 3)
+    assert tuple(image[0, 0]) == plots.ALIVE and tuple(image[0, 1]) == plots.ZERO and tuple(image[0, 2]) == plots.ABSENT
+    assert tuple(image[1, 0]) == plots.ZERO
+
+
+def test_a_resnet50_sized_figure_stays_within_2400_px(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    layers = [plots.LayerChannels(f"layer{i // 14 + 1}.{i % 14}.conv", rng.random(64 * 2 ** (i // 14)) > 0.7) for i in range(55)]
+    panels = [plots.SparsityPanel(f"checkpoint {k}", layers) for k in range(2)]
+    path = plots.save_png(plots.sparsity_figure(panels, title="resnetd50"), tmp_path / "big.png")
+    assert png_size(path)[0] <= 2400
+
+
+def test_sweep_figure_draws_the_dense_reference(tmp_path: Path) -> None:
+    table = pd.DataFrame({
+        "lambda": [0.0, 1e-4, 1e-3], "group_sparsity_mean": [0.0, 0.3, 0.7], "group_sparsity_std": [0.0, 0.05, 0.02],
+        "seg_mIoU_mean": [0.40, 0.41, 0.35], "seg_mIoU_std": [0.01, 0.02, 0.01],
+    })
+    figure = plots.sweep_figure(table, {"seg": "mIoU"}, title="sweep")
+    axis = figure.axes[0]
+    assert [line.get_ydata()[0] for line in axis.lines if line.get_linestyle() == "--"] == [0.40]
+    assert png_size(plots.save_png(figure, tmp_path / "sweep.png"))[0] <= 2400
