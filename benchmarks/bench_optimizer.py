@@ -1,0 +1,143 @@
+"""Time one optimizer step over ResNet-50's weights: torch AdamW against ProxAdam variants.
+
+All conv weights form the proximal group, the other parameters a plain group. The state is
+that of a long sparse training run: Adam's statistics are warm (t = 1000, v̂ = s² for a fixed
+per-element gradient scale s = 1e-3·exp(N(0, 1)), so d spans about two decades inside a
+group), ``--zero-fraction`` of the input-channel groups were pruned earlier (zero weights;
+their gradients 1e-4 times smaller, as a dead channel's are), the live groups' norms are
+log-normal, and λ shrinks the median live group by ``--shrink`` of its norm per step (the
+unweighted prox gets the λ that does the same in its metric). Gradients are fresh noise
+times s at every step. Prints the median step time over ``--steps`` steps after warm-up, its
+ratio to AdamW (foreach, the baseline) and the fraction of zero groups at the end. ProxAdam's
+Adam part runs torch's fused kernel on the CPU (see :mod:`optim.prox_adam`); the fused AdamW row
+shows what that part costs alone.
+
+    python -m benchmarks.bench_optimizer --device cpu --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+from optim import ProxAdam
+from optim.sparsity import summary
+
+LR = 1e-3
+PRUNED_GRAD = 1e-4
+
+
+def make_model(device: torch.device, zero_fraction: float, seed: int = 0) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """ResNet-50 with log-normal group norms and pruned groups; returns it and the gradient scales."""
+    gen = torch.Generator().manual_seed(seed)
+    model = torchvision.models.resnet50(weights=None)
+    scales = []
+    with torch.no_grad():
+        for p in model.parameters():
+            s = 1e-3 * torch.randn(p.shape, generator=gen).exp_()
+            if p.ndim == 4:
+                p.mul_(torch.randn(1, p.shape[1], 1, 1, generator=gen).exp_())
+                if p.shape[1] >= 8:
+                    pruned = torch.rand(p.shape[1], generator=gen) < zero_fraction
+                    p[:, pruned] = 0
+                    s[:, pruned] *= PRUNED_GRAD
+            scales.append(s.to(device))
+    return model.to(device), scales
+
+
+def pick_lambdas(model: torch.nn.Module, scales: list[torch.Tensor], shrink: float) -> tuple[float, float]:
+    """λ (weighted, unweighted) whose step shrinks the median live group by ``shrink`` of its norm."""
+    weighted, plain = [], []
+    for p, s in zip(model.parameters(), scales):
+        if p.ndim == 4:
+            w = p.detach()
+            live = w.ne(0).any(0).flatten(1).any(1)
+            root = LR * math.sqrt(w[:, 0].numel())
+            weighted.append((w * s).square().sum((0, 2, 3)).sqrt()[live] / root)
+            plain.append(w.square().sum((0, 2, 3)).sqrt()[live] / root)
+    return tuple(shrink * torch.cat(v).median().item() for v in (weighted, plain))
+
+
+def param_groups(model: torch.nn.Module, **prox: object) -> list[dict]:
+    conv = [p for p in model.parameters() if p.ndim == 4]
+    rest = [p for p in model.parameters() if p.ndim != 4]
+    return [dict(params=conv, **prox), dict(params=rest)]
+
+
+def warm_state(
+    opt: torch.optim.Optimizer, model: torch.nn.Module, scales: list[torch.Tensor], steps: int = 1000
+) -> None:
+    """Create Adam's state as after ``steps`` steps of training: v̂ = s², m = 0."""
+    beta2 = opt.param_groups[0]["betas"][1]
+    for p, s in zip(model.parameters(), scales):
+        opt.state[p] = {
+            "step": torch.tensor(float(steps)),
+            "exp_avg": torch.zeros_like(p),
+            "exp_avg_sq": s.square() * (1 - beta2**steps),
+        }
+
+
+def time_steps(
+    opt: torch.optim.Optimizer, model: torch.nn.Module, scales: list[torch.Tensor], warmup: int, steps: int
+) -> list[float]:
+    """Set fresh random gradients before each step; time the steps after ``warmup``."""
+    device = scales[0].device
+    warm_state(opt, model, scales)
+    gen = torch.Generator(device=device).manual_seed(1)
+    times = []
+    for i in range(warmup + steps):
+        for p, s in zip(model.parameters(), scales):
+            p.grad = torch.randn(p.shape, generator=gen, device=device).mul_(s)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per optimizer (median reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--zero-fraction", type=float, default=0.5, help="groups pruned before the run")
+    parser.add_argument("--shrink", type=float, default=1e-3, help="per-step shrink of the median live group")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    lam, lam_plain = pick_lambdas(*make_model(device, args.zero_fraction), args.shrink)
+    common = dict(lr=LR, weight_decay=0.01, decoupled_weight_decay=True)
+    variants: dict[str, Callable[[torch.nn.Module], torch.optim.Optimizer]] = {
+        "torch AdamW (foreach)": lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01, foreach=True),
+        "torch AdamW (fused)": lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01, fused=True),
+        "ProxAdam λ=0": lambda m: ProxAdam(param_groups(m), **common),
+        "ProxAdam l1/l2 weighted": lambda m: ProxAdam(param_groups(m, penalty="l1_l2", lambda_=lam), **common),
+        "ProxAdam l1/l2 unweighted": lambda m: ProxAdam(
+            param_groups(m, penalty="l1_l2", lambda_=lam_plain, weighted=False), **common),
+        "ProxAdam MCP weighted": lambda m: ProxAdam(
+            param_groups(m, penalty="group_mcp", lambda_=lam, gamma=3.0), **common),
+    }
+    print(f"device={args.device} threads={torch.get_num_threads()} λ={lam:.3g} (unweighted {lam_plain:.3g}) "
+          f"median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"{'optimizer':28s} {'ms/step':>9s} {'× AdamW':>8s} {'zero groups':>12s}")
+    base = None
+    for name, make_opt in variants.items():
+        model, scales = make_model(device, args.zero_fraction)
+        opt = make_opt(model)
+        ms = 1e3 * statistics.median(time_steps(opt, model, scales, args.warmup, args.steps))
+        base = base or ms
+        zero = summary(model)["group_sparsity"]
+        print(f"{name:28s} {ms:9.1f} {ms / base:8.2f} {zero:12.1%}")
+
+
+if __name__ == "__main__":
+    main()
