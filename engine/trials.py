@@ -18,6 +18,7 @@ from engine.layout import (
     CONFIG_FILE, GLOBAL_CHECKPOINT, HISTORY_FILES, LAST_CHECKPOINT, LAYER_TABLE, TEST_FILE, task_checkpoint,
     trial_folder,
 )
+from engine.priors import init_output_biases
 from engine.runtime import resolve_device, seed_everything
 from engine.trainer import Trainer
 from optim import sparsity
@@ -66,7 +67,9 @@ def run_trial(cfg: ExperimentConfig, index: int, splits: data.Splits, device: to
 
     seed_everything(cfg.seed + index)
     tasks = task_registry.build(cfg, positive_rates=positive_rates(cfg, splits.train))
-    model = models.build(cfg).to(device)
+    model = models.build(cfg)
+    init_output_biases(model, tasks, splits.train)
+    model = model.to(device)
     weighting = loss_weighting.build(cfg.comb_loss, cfg.task_list, cfg.loss_weights).to(device)
     optimizer = optim.build(cfg, model, extra=list(weighting.parameters()))
     loaders = {

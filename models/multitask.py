@@ -37,6 +37,11 @@ class MultiTaskModel(nn.Module):
         return {name: _to_size(self.heads[name](features), size) for name in names}
 
 
+    def output_layer(self, task: str) -> nn.Conv2d | nn.Linear:
+        """The last layer of a task's head, whose bias sets what the untrained model predicts."""
+        return [m for m in self.heads[task].modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1]
+
+
 def _to_size(output: Tensor, size: Sequence[int]) -> Tensor:
     """Dense maps (N x C x h x w) resized to ``size``; per-image outputs pass unchanged."""
     if output.dim() != 4 or output.shape[-2:] == size:

@@ -111,6 +111,13 @@ class AttributeTask(Task):
             pos_weight = pred.new_full((), self.pos_weight)
         return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), pos_weight=pos_weight)
 
+    def output_prior(self, targets: Tensor) -> Tensor | None:
+        """logit(p) of the training positive rate (a balanced loss is already centred at 0)."""
+        if self.balance:
+            return None
+        rate = targets.float().mean().clamp(1e-3, 1 - 1e-3)
+        return torch.logit(rate).reshape(1)
+
     def metric(self) -> AttributeMetric:
         return AttributeMetric(self.threshold)
 

@@ -37,6 +37,15 @@ class Task(ABC):
     def metric(self) -> Metric:
         """A new metric whose ``compute()`` gives ``{key: 0-d tensor}`` over everything it was updated with."""
 
+    def output_prior(self, targets: Tensor) -> Tensor | None:
+        """Bias of the head's last layer that makes the untrained model predict the best constant.
+
+        ``targets`` are stacked training targets. Regression heads start at 0 while depth is in
+        metres, and Adam moves a bias by about ``lr`` per step, so without a prior the first
+        thousands of steps only learn the data's scale. None keeps the layer's initialisation.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, out_channels={self.out_channels})"
 

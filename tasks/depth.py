@@ -79,6 +79,13 @@ class DepthTask(Task):
         error = pred - target
         return masked_mean(error.square() if self.squared else error.abs(), target > 0)
 
+    def output_prior(self, targets: Tensor) -> Tensor | None:
+        """The median valid depth for L1 (the mean for MSE): the best constant prediction."""
+        valid = targets[targets > 0]
+        if valid.numel() == 0:
+            return None
+        return (valid.mean() if self.squared else valid.median()).reshape(1)
+
     def metric(self) -> DepthMetric:
         return DepthMetric()
 

@@ -1,0 +1,49 @@
+"""Heads start at the best constant prediction of their loss on the training targets."""
+
+import torch
+
+import models
+import tasks as task_registry
+from engine.priors import init_output_biases
+from utils import config
+
+
+class TinyDataset(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.depth = torch.rand(10, 1, 8, 8, generator=gen) * 4 + 1
+        self.depth[:, :, :2] = 0  # invalid rows must not pull the prior down
+        self.male = (torch.arange(10) < 3).float()
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": torch.zeros(3, 8, 8), "targets": {"depth_euclidean": self.depth[i], "class_male": self.male[i]}}
+
+
+def build(dataset: str, task_list: list[str], **extra):
+    cfg = config.validate({
+        "Experiment_name": "p", "dataset_name": dataset, "task_list": task_list, "backbone": "resnetd18",
+        "backbone_width": 0.125, "head_channels": 8, "num_seg_classes": 3, **extra,
+    })
+    return models.build(cfg), task_registry.build(cfg, positive_rates={"class_male": 0.3})
+
+
+def test_depth_head_starts_at_the_median_valid_depth() -> None:
+    data = TinyDataset()
+    model, tasks = build("NYU", ["depth_euclidean"])
+    init_output_biases(model, tasks, data)
+    depth = data.depth
+    assert torch.allclose(model.output_layer("depth_euclidean").bias, depth[depth > 0].median().reshape(1))
+
+
+def test_attribute_head_starts_at_the_prior_logit_unless_balanced() -> None:
+    data = TinyDataset()
+    model, tasks = build("celebA", ["class_male"])
+    init_output_biases(model, tasks, data)
+    assert torch.allclose(model.output_layer("class_male").bias, torch.logit(torch.tensor([0.3])))
+    balanced, balanced_tasks = build("celebA", ["class_male"], class_balance=True)
+    before = balanced.output_layer("class_male").bias.clone()
+    init_output_biases(balanced, balanced_tasks, data)
+    assert torch.equal(balanced.output_layer("class_male").bias, before)
