@@ -83,7 +83,10 @@ def loader(
 
     Workers seed torch (and numpy, random) from the loader's generator, so augmentation is
     deterministic; with ``num_workers=0`` it draws from the main process's torch RNG instead.
+    Workers are capped at the CPUs this process may use (the study's 8 would oversubscribe a
+    small machine).
     """
+    num_workers = min(num_workers, len(os.sched_getaffinity(0)))
     return DataLoader(
         dataset,
         batch_size=batch_size,

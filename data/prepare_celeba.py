@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.checkpoint import write_bytes
 from utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -186,23 +187,11 @@ def _table_rows(path: Path, *, columns: int, header: str | None) -> Iterator[tup
         yield number, tokens
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` is either absent, old or complete, never torn: a kill
-    leaves at most a ``.<name>.<pid>.tmp`` beside it, which the next run removes."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Atomic write that leaves an identical file untouched (so a rerun changes no mtime)."""
     if path.is_file() and path.read_bytes() == data:
         return False
-    write_atomic(path, data)
+    write_bytes(path, data)
     return True
 
 
@@ -422,8 +411,8 @@ def _prepare_image(job: _Job) -> str | None:
     buffer = io.BytesIO()
     np.save(buffer, label)
     out = Path(job.out)
-    write_atomic(out / SEGMASK_DIR / segmask_name(job.index), buffer.getvalue())
-    write_atomic(out / IMAGE_DIR / image_name(job.index), encoded.tobytes())
+    write_bytes(out / SEGMASK_DIR / segmask_name(job.index), buffer.getvalue())
+    write_bytes(out / IMAGE_DIR / image_name(job.index), encoded.tobytes())
     return None
 
 

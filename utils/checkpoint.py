@@ -26,6 +26,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from co-workers
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
@@ -37,9 +38,21 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomically write bytes."""
+    return atomic_write(path, lambda stream: stream.write(data))
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically write UTF-8 text."""
-    return atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, data: Any) -> Path:
