@@ -9,36 +9,14 @@ import torch
 import data
 from engine import trials
 from engine.layout import LAST_CHECKPOINT
+from tests import tiny
 from utils import checkpoint as ckpt
 from utils import config
 
 
 def tiny_config(tmp: Path, **changes) -> config.ExperimentConfig:
-    raw = {
-        "Experiment_name": "tiny",
-        "dataset_name": "NYU",
-        "task_list": ["segmentsemantic", "depth_euclidean", "surface_normal"],
-        "setup": "multitask",
-        "group_sparsity": True,
-        "backbone": "resnetd18",
-        "backbone_width": 0.125,
-        "head_channels": 8,
-        "checkpoint_folder": str(tmp / "runs"),
-        "num_trials": 2,
-        "train_batch_size": 4,
-        "val_batch_size": 8,
-        "test_batch_size": 8,
-        "input_shape": [32, 48],
-        "epochs": 2,
-        "num_workers": 0,
-        "data_dir_NYU": str(tmp / "nyud"),
-        "synthetic": {"num_images": 24, "height": 32, "width": 48, "seed": 1},
-        "optimizer_params": {"learning_rate": 1e-3, "penalty": None},
-        "bb_optimizer_params": {"learning_rate": 1e-3, "penalty": "l1_l2", "lambda": 1e-2},
-        "wandb": {"mode": "disabled"},
-    }
-    raw.update(changes)
-    return config.validate(raw)
+    synthetic = {"num_images": 24, "height": 32, "width": 48, "seed": 1}
+    return config.validate(tiny.tiny_raw("tiny", tmp / "runs", tmp / "nyud", **{"synthetic": synthetic, **changes}))
 
 
 @pytest.fixture(scope="module")

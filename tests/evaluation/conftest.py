@@ -11,38 +11,15 @@ import pytest
 
 from data.synthetic import make_nyud
 from engine import trials
+from tests import tiny
 from utils import config
 
 NAME = "tiny_mtl"
 
 
 def tiny_raw(tmp: Path, data_dir: Path, **changes: Any) -> dict[str, Any]:
-    """A config small enough to train in seconds on two shared CPU cores."""
-    raw: dict[str, Any] = {
-        "Experiment_name": NAME,
-        "dataset_name": "NYU",
-        "task_list": ["segmentsemantic", "depth_euclidean", "surface_normal"],
-        "setup": "multitask",
-        "group_sparsity": True,
-        "backbone": "resnetd18",
-        "backbone_width": 0.125,
-        "head_channels": 8,
-        "checkpoint_folder": str(tmp / "runs"),
-        "num_trials": 2,
-        "train_batch_size": 4,
-        "val_batch_size": 8,
-        "test_batch_size": 8,
-        "input_shape": [32, 48],
-        "epochs": 2,
-        "max_batches_per_epoch": 2,
-        "num_workers": 0,
-        "data_dir_NYU": str(data_dir),
-        "optimizer_params": {"learning_rate": 1e-3, "penalty": None},
-        "bb_optimizer_params": {"learning_rate": 1e-3, "penalty": "l1_l2", "lambda": 1e-2},
-        "wandb": {"mode": "disabled"},
-    }
-    raw.update(changes)
-    return raw
+    """The shared tiny experiment, two batches an epoch."""
+    return tiny.tiny_raw(NAME, tmp / "runs", data_dir, **{"max_batches_per_epoch": 2, **changes})
 
 
 @dataclass(frozen=True)
