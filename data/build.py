@@ -94,7 +94,6 @@ def loader(
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_seed_worker,
-        persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
     )

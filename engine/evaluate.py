@@ -18,14 +18,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 import data
 import models
 import tasks as task_registry
-from engine.measure import inference_cost
 from engine.layout import CONFIG_FILE, GLOBAL_CHECKPOINT, task_checkpoint
-from engine.runtime import resolve_device
-from engine.trainer import evaluate
+from engine.measure import inference_cost
+from engine.runtime import autocast, read_scalars, resolve_device, to_device
 from optim import sparsity
 from tasks.base import Task
 from utils import checkpoint as ckpt
@@ -36,6 +36,30 @@ from utils.errors import ConfigError, DataError
 log = logging.getLogger("gsmtl")
 
 Split = Literal["test", "val"]
+
+
+@torch.no_grad()
+def evaluate_loader(
+    model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, device: torch.device, *,
+    amp: bool = False, channels_last: bool = False, desc: str = "val",
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Mean loss and split-level metrics of ``tasks`` over ``loader``."""
+    model.eval()
+    metrics = {name: task.metric().to(device) for name, task in tasks.items()}
+    sums = {name: torch.zeros((), device=device) for name in tasks}
+    count = 0
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        images, targets = to_device(batch, device, channels_last)
+        with autocast(device, amp):
+            outputs = model(images, tasks=list(tasks))
+        for name, task in tasks.items():
+            prediction = outputs[name].float()
+            sums[name] += task.loss(prediction, targets[name]).detach() * images.shape[0]
+            metrics[name].update(prediction, targets[name])
+        count += images.shape[0]
+    losses = read_scalars({name: total / max(count, 1) for name, total in sums.items()})
+    computed = {name: read_scalars(metric.compute()) for name, metric in metrics.items()}
+    return losses, computed
 
 
 def checkpoint_plan(cfg: ExperimentConfig, folder: Path) -> dict[str, list[str]]:
@@ -56,11 +80,12 @@ def test_trial(
 ) -> dict[str, Any]:
     """Metrics and losses per task on ``loader`` plus the sparsity of the global best model.
 
-    The global best is always loaded for its sparsity, even when every task has its own best.
+    The global best is loaded last, even when every task has its own best, so ``model`` is left
+    holding the weights whose sparsity is reported.
     """
     result: dict[str, Any] = {"tasks": {}, "loss": {}, "checkpoints": {}, "epochs": {}}
     plan = checkpoint_plan(cfg, folder)
-    for name in [GLOBAL_CHECKPOINT, *sorted(set(plan) - {GLOBAL_CHECKPOINT})]:
+    for name in [*sorted(set(plan) - {GLOBAL_CHECKPOINT}), GLOBAL_CHECKPOINT]:
         state = ckpt.load(folder / name, map_location=device)
         model.load_state_dict(state["model"])
         if name == GLOBAL_CHECKPOINT:
@@ -68,7 +93,7 @@ def test_trial(
         if name not in plan:
             continue
         subset = {task: tasks[task] for task in plan[name]}
-        losses, metrics = evaluate(model, subset, loader, device, amp=cfg.amp, channels_last=cfg.channels_last, desc="test")
+        losses, metrics = evaluate_loader(model, subset, loader, device, amp=cfg.amp, channels_last=cfg.channels_last, desc="test")
         for task in plan[name]:
             result["tasks"][task] = metrics[task]
             result["loss"][task] = losses[task]

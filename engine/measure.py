@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.trainer import autocast
+from engine.runtime import autocast
 from optim import sparsity
 from utils.plots import LayerChannels
 

@@ -7,7 +7,6 @@ states read once per validation.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -16,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import optim
 from engine.early_stopping import EarlyStopping
+from engine.evaluate import evaluate_loader
 from engine.layout import GLOBAL_CHECKPOINT, HISTORY_FILES, LAST_CHECKPOINT, task_checkpoint
 from engine.loss_weighting import LossWeighting
+from engine.runtime import autocast, read_scalars, to_device
 from optim import sparsity
 from tasks.base import Task
 from utils import checkpoint as ckpt
@@ -68,55 +69,6 @@ def _append(store: dict[str, list[float]], values: Mapping[str, float]) -> None:
         store.setdefault(key, []).append(value)
 
 
-def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-    """Move one collated batch to ``device`` without blocking the host."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
-    targets = {name: value.to(device, non_blocking=True) for name, value in batch["targets"].items()}
-    return images, targets
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA when ``amp`` is on (no loss scaling needed); a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def read_scalars(values: Mapping[str, Tensor]) -> dict[str, float]:
-    """Read a dict of 0-d tensors to floats with one host sync."""
-    if not values:
-        return {}
-    numbers = torch.stack([value.detach().float().reshape(()) for value in values.values()])
-    return dict(zip(values, numbers.tolist(), strict=True))
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, device: torch.device, *,
-    amp: bool = False, channels_last: bool = False, max_batches: int | None = None, desc: str = "val",
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Mean loss and split-level metrics of ``tasks`` over ``loader``."""
-    model.eval()
-    metrics = {name: task.metric().to(device) for name, task in tasks.items()}
-    sums = {name: torch.zeros((), device=device) for name in tasks}
-    count = 0
-    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
-        if max_batches is not None and step >= max_batches:
-            break
-        images, targets = to_device(batch, device, channels_last)
-        with autocast(device, amp):
-            outputs = model(images, tasks=list(tasks))
-        for name, task in tasks.items():
-            prediction = outputs[name].float()
-            sums[name] += task.loss(prediction, targets[name]).detach() * images.shape[0]
-            metrics[name].update(prediction, targets[name])
-        count += images.shape[0]
-    losses = read_scalars({name: total / max(count, 1) for name, total in sums.items()})
-    computed = {name: read_scalars(metric.compute()) for name, metric in metrics.items()}
-    return losses, computed
-
-
 class Trainer:
     """Train one trial of an experiment and keep its best checkpoints in ``folder``."""
 
@@ -137,6 +89,11 @@ class Trainer:
     @property
     def active_tasks(self) -> list[str]:
         return [name for name in self.tasks if not (name in self.task_stoppers and self.task_stoppers[name].stopped)]
+
+    @property
+    def finished(self) -> bool:
+        """Global early stop, or every task stopped (also true right after resuming such a run)."""
+        return self.stopper.stopped or (bool(self.task_stoppers) and not self.active_tasks)
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
         """Everything needed to continue this trial exactly after ``epoch``."""
@@ -172,6 +129,8 @@ class Trainer:
     def fit(self) -> None:
         """Run epochs until every task stopped, the global early stop, or ``epochs``."""
         for epoch in range(self.start_epoch, self.cfg.epochs):
+            if self.finished:
+                break
             lam = self._schedule_sparsity(epoch)
             started = time.perf_counter()
             train_losses = self.train_one_epoch(epoch, lam)
@@ -180,7 +139,7 @@ class Trainer:
             self.history.add_train(train_losses, self.optimizer.param_groups[0]["lr"], lam, spars, train_seconds)
 
             started = time.perf_counter()
-            val_losses, val_metrics = evaluate(
+            val_losses, val_metrics = evaluate_loader(
                 self.model, self.tasks, self.loaders["val"], self.device,
                 amp=self.cfg.amp, channels_last=self.cfg.channels_last, desc=f"val {epoch}",
             )
@@ -199,9 +158,8 @@ class Trainer:
             if self.cfg.wandb_img_log and self.logger.run_id is not None and epoch % IMAGE_LOG_EVERY == 0:
                 self._log_predictions(epoch)
             log.info(self._summary_line(epoch, train_losses, val_losses, val_metrics, spars))
-            if self.stopper.stopped or (self.task_stoppers and not self.active_tasks):
+            if self.finished:
                 log.info("early stop at epoch %d (best total %.4f at epoch %d)", epoch, self.stopper.best, self.stopper.best_epoch)
-                break
 
     def train_one_epoch(self, epoch: int, lam: float = 0.0) -> dict[str, float]:
         """One pass over the training split; returns mean losses per task and in total."""

@@ -15,7 +15,13 @@ import tasks as task_registry
 from engine import loss_weighting
 from engine.evaluate import positive_rates, test_trial
 from engine.layout import (
-    CONFIG_FILE, GLOBAL_CHECKPOINT, HISTORY_FILES, LAST_CHECKPOINT, LAYER_TABLE, TEST_FILE, task_checkpoint,
+    CONFIG_FILE,
+    GLOBAL_CHECKPOINT,
+    HISTORY_FILES,
+    LAST_CHECKPOINT,
+    LAYER_TABLE,
+    TEST_FILE,
+    task_checkpoint,
     trial_folder,
 )
 from engine.priors import init_output_biases
@@ -29,6 +35,12 @@ from utils.errors import ConfigError
 from utils.logging import RunLogger
 
 log = logging.getLogger("gsmtl")
+
+
+#: Keys that change how a run is executed, not what it computes: a finished trial is reused and
+#: an interrupted one resumed (``checkpoint: true``) across changes of these (and, to resume, of
+#: ``epochs``, so a run can be extended).
+RUN_CONTROL_KEYS = frozenset({"checkpoint", "wandb", "num_workers", "device", "log_every"})
 
 
 def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -56,10 +68,13 @@ def run_trial(cfg: ExperimentConfig, index: int, splits: data.Splits, device: to
     """Train, test and save one trial; a finished trial of the same config is not trained again."""
     folder = trial_folder(cfg, index)
     config_text = dump(cfg)
-    if _finished_with(folder, config_text):
+    if _stored_config_equals(folder, config_text, ignore=RUN_CONTROL_KEYS) and (folder / TEST_FILE).is_file():
         log.info("trial %d already finished in %s; remove the folder to train it again", index, folder)
         return ckpt.read_json(folder / TEST_FILE)
-    resume = cfg.checkpoint and (folder / LAST_CHECKPOINT).is_file()
+    resume = (cfg.checkpoint and (folder / LAST_CHECKPOINT).is_file()
+              and _stored_config_equals(folder, config_text, ignore=RUN_CONTROL_KEYS | {"epochs"}))
+    if cfg.checkpoint and not resume and (folder / LAST_CHECKPOINT).is_file():
+        log.warning("trial folder %s holds a run of another config; training trial %d from scratch", folder, index)
     if not resume:
         _clear(folder, cfg)
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,14 +129,15 @@ def write_report(cfg: ExperimentConfig, out_dir: str | Path = "out_csv") -> list
     return rows
 
 
-def _finished_with(folder: Path, config_text: str) -> bool:
-    if not (folder / TEST_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+def _stored_config_equals(folder: Path, config_text: str, *, ignore: frozenset[str]) -> bool:
+    """Whether the trial folder was written by this config, up to keys in ``ignore`` (only then is it reused)."""
+    if not (folder / CONFIG_FILE).is_file():
         return False
     stored = parse_yaml((folder / CONFIG_FILE).read_text(encoding="utf-8"), source=str(folder / CONFIG_FILE))
-    if stored == parse_yaml(config_text, source="config"):
-        return True
-    log.warning("trial folder %s holds a finished trial of another config; training it again", folder)
-    return False
+    current = parse_yaml(config_text, source="config")
+    if not isinstance(stored, dict):
+        return False
+    return {k: v for k, v in stored.items() if k not in ignore} == {k: v for k, v in current.items() if k not in ignore}
 
 
 def _clear(folder: Path, cfg: ExperimentConfig) -> None:

@@ -78,17 +78,43 @@ def test_backbone_runs_once_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert len(training_calls) == len(splits.train) // cfg.train_batch_size  # three tasks, one pass
 
 
-def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
     monkeypatch.chdir(tmp_path)
-    straight = tiny_config(tmp_path / "a", num_trials=1, epochs=3, augmentation=True)
+    straight = tiny_config(tmp_path / "a", num_trials=1, epochs=3, augmentation=True, num_workers=workers)
     trials.run(straight)
-    interrupted = tiny_config(tmp_path / "b", num_trials=1, epochs=2, augmentation=True)
+    interrupted = tiny_config(tmp_path / "b", num_trials=1, epochs=2, augmentation=True, num_workers=workers)
     trials.run(interrupted)
     (trials.trial_folder(interrupted, 0) / "test_dict.json").unlink()
-    resumed = tiny_config(tmp_path / "b", num_trials=1, epochs=3, augmentation=True, checkpoint=True)
+    resumed = tiny_config(tmp_path / "b", num_trials=1, epochs=3, augmentation=True, checkpoint=True, num_workers=workers)
     trials.run(resumed)
     a = ckpt.load(trials.trial_folder(straight, 0) / LAST_CHECKPOINT)
     b = ckpt.load(trials.trial_folder(resumed, 0) / LAST_CHECKPOINT)
     assert a["epoch"] == b["epoch"] == 2
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_changed_config_never_resumes_or_reuses_an_old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    strong = {"learning_rate": 1e-2, "penalty": "l1_l2", "lambda": 1.0}
+    sparse = tiny_config(tmp_path, num_trials=1, epochs=1, bb_optimizer_params=strong)
+    first = trials.run(sparse)
+    dense = tiny_config(tmp_path, num_trials=1, epochs=1, checkpoint=True, group_sparsity=False, bb_optimizer_params=strong)
+    second = trials.run(dense)
+    assert first[0]["group_sparsity"] > 0 and second[0]["group_sparsity"] == 0
+    assert config.load(trials.trial_folder(dense, 0) / "config_file.yaml").group_sparsity is False
+
+
+def test_resuming_a_stopped_run_trains_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path, num_trials=1, epochs=2)
+    trials.run(cfg)
+    folder = trials.trial_folder(cfg, 0)
+    state = ckpt.load(folder / LAST_CHECKPOINT)
+    state["stopper"]["stopped"] = True  # as if the run died while testing after its early stop
+    ckpt.save(state, folder / LAST_CHECKPOINT)
+    (folder / "test_dict.json").unlink()
+    trials.run(tiny_config(tmp_path, num_trials=1, epochs=4, checkpoint=True))
+    assert len(ckpt.read_json(folder / "validation_dict.json")["loss"]["total"]) == 2
+    assert (folder / "test_dict.json").is_file()
