@@ -32,10 +32,6 @@ class LossWeighting(nn.Module):
         """The term of one task in the total."""
         return self._fixed[self.task_names.index(name)] * loss
 
-    def weights(self) -> dict[str, Tensor]:
-        """Current effective weight of each task (for logging), as 0-d tensors."""
-        return {name: self._fixed[i] for i, name in enumerate(self.task_names)}
-
 
 class UncertaintyWeighting(LossWeighting):
     """Kendall et al. 2018: learned log-variances s_t; exp(-s_t) L_t + s_t per task."""
@@ -47,9 +43,6 @@ class UncertaintyWeighting(LossWeighting):
     def weighted(self, name: str, loss: Tensor) -> Tensor:
         s = self.log_vars[self.task_names.index(name)]
         return torch.exp(-s) * loss + s
-
-    def weights(self) -> dict[str, Tensor]:
-        return {name: torch.exp(-self.log_vars[i].detach()) for i, name in enumerate(self.task_names)}
 
 
 def build(comb_loss: str, task_names: Sequence[str], loss_weights: Mapping[str, float] | None = None) -> LossWeighting:

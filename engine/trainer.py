@@ -133,9 +133,9 @@ class Trainer:
                 break
             lam = self._schedule_sparsity(epoch)
             started = time.perf_counter()
-            train_losses = self.train_one_epoch(epoch, lam)
+            train_losses = self.train_one_epoch(epoch)
             train_seconds = time.perf_counter() - started
-            spars = self._sparsity(lam)
+            spars = self._sparsity()
             self.history.add_train(train_losses, self.optimizer.param_groups[0]["lr"], lam, spars, train_seconds)
 
             started = time.perf_counter()
@@ -161,7 +161,7 @@ class Trainer:
             if self.finished:
                 log.info("early stop at epoch %d (best total %.4f at epoch %d)", epoch, self.stopper.best, self.stopper.best_epoch)
 
-    def train_one_epoch(self, epoch: int, lam: float = 0.0) -> dict[str, float]:
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training split; returns mean losses per task and in total."""
         self.model.train()
         active = self.active_tasks
@@ -177,7 +177,7 @@ class Trainer:
             losses = {name: self.tasks[name].loss(outputs[name].float(), targets[name]) for name in active}
             total = self.weighting(losses, active)
             if self.cfg.penalty_in_loss and self.cfg.group_sparsity:
-                total = total + self._penalty(lam)
+                total = total + optim.penalty_tensor(self.optimizer)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -215,17 +215,11 @@ class Trainer:
         optim.set_prox(self.optimizer, epoch >= self.cfg.sparsity_threshold)
         return lam
 
-    def _penalty(self, lam: float) -> torch.Tensor:
-        """The backbone's group penalty at ``lam`` (differentiable)."""
-        params = self.cfg.bb_optimizer_params
-        return sparsity.penalty(self.model.backbone, penalty=params.penalty, lam=lam, gamma=params.gamma,
-                                reweight=params.reweight)
-
-    def _sparsity(self, lam: float) -> dict[str, float]:
+    def _sparsity(self) -> dict[str, float]:
         summary = sparsity.summary(self.model.backbone)
         if self.cfg.group_sparsity:
             with torch.no_grad():
-                summary["penalty"] = float(self._penalty(lam))
+                summary["penalty"] = float(optim.penalty_tensor(self.optimizer))
         return summary
 
     def _early_stopping(self, epoch: int, val_losses: dict[str, float]) -> float:

@@ -1,7 +1,7 @@
 """Optimizers with a proximal group-sparsity step, their parameter groups and sparsity measures.
 
 ``build(cfg, model, extra=...)`` returns the one optimizer of a model; the trainer turns λ and
-the proximal step with ``set_lambda`` / ``set_prox`` and reads ``penalty_tensor``. Measures of
+the proximal step with ``set_lambda`` / ``set_prox`` and reads ``penalty_tensor`` (a differentiable 0-d tensor). Measures of
 the resulting sparsity are in :mod:`optim.sparsity`.
 """
 
