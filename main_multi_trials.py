@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from utils import config, report
 
         cfg = config.load(args.config_exp, args.overrides)
+        config.check_data_dir(cfg)
         from engine import sweep, trials  # heavy imports only once the config is known to be valid
 
         if cfg.lambda_sweep:

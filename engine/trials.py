@@ -107,7 +107,10 @@ def run_trial(cfg: ExperimentConfig, index: int, splits: data.Splits, device: to
             log.info("trial %d resumes after epoch %d", index, state["epoch"])
         trainer.fit()
         result = test_trial(cfg, model, tasks, loaders["test"], folder, device)
-        ckpt.write_text(folder / LAYER_TABLE, sparsity.layer_table(model.backbone).to_csv(index=False))
+        layers = sparsity.layer_table(model.backbone)
+        ckpt.write_text(folder / LAYER_TABLE, layers.to_csv(index=False))
+        if cfg.group_sparsity:
+            log.info("trial %d, backbone sparsity per layer (%s):\n%s", index, GLOBAL_CHECKPOINT, layers.to_string(index=False))
         ckpt.write_json(folder / TEST_FILE, result)
         logger.summary({"test": result["tasks"], "sparsity": result.get("sparsity", {})})
     finally:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,14 +34,21 @@ def _soft_cross_entropy() -> LossFn:
     return loss
 
 
+def _smp_losses() -> ModuleType:
+    """segmentation_models_pytorch's losses, imported on use: smp (with timm) takes a second to load."""
+    from segmentation_models_pytorch import losses
+
+    return losses
+
+
 def _dice() -> LossFn:
     """smp's multiclass Dice; it zeroes ignored pixels in both prediction and one-hot target."""
-    return smp.losses.DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX)
+    return _smp_losses().DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX)
 
 
 def _tversky() -> LossFn:
     """smp's multiclass Tversky with the study's alpha 0.3, beta 0.7, gamma 2.5."""
-    return smp.losses.TverskyLoss(mode="multiclass", ignore_index=IGNORE_INDEX, alpha=0.3, beta=0.7, gamma=2.5)
+    return _smp_losses().TverskyLoss(mode="multiclass", ignore_index=IGNORE_INDEX, alpha=0.3, beta=0.7, gamma=2.5)
 
 
 def _focal() -> LossFn:
@@ -51,7 +57,7 @@ def _focal() -> LossFn:
     That equals the study's sum over classes of per-class means, but is 0 rather than NaN for
     a batch without labelled pixels. smp drops ignored pixels by boolean indexing.
     """
-    focal = smp.losses.FocalLoss(mode="multiclass", gamma=2.5, ignore_index=IGNORE_INDEX, reduction="sum")
+    focal = _smp_losses().FocalLoss(mode="multiclass", gamma=2.5, ignore_index=IGNORE_INDEX, reduction="sum")
 
     def loss(pred: Tensor, target: Tensor) -> Tensor:
         return focal(pred, target) / (target != IGNORE_INDEX).sum().clamp(min=1)

@@ -237,6 +237,14 @@ def _check_task(task: str, dataset: str) -> None:
         )
 
 
+def check_data_dir(cfg: ExperimentConfig) -> None:
+    """Fail in a second, before torch loads, when the dataset folder is missing and nothing generates it."""
+    if cfg.synthetic is None and not cfg.data_dir.is_dir():
+        raise ConfigError(
+            f"config key 'data_dir_{cfg.dataset_name}': folder '{cfg.data_dir}' not found; expected the dataset folder"
+        )
+
+
 class _YamlLoader(yaml.SafeLoader):
     """PyYAML (YAML 1.1) reads ``1e-6`` as a string; the study's files write λ that way."""
 
