@@ -106,6 +106,13 @@ class NormalsTask(Task):
         check_same_shape(pred, target, self.name)
         return masked_mean(1.0 - _cosine(pred, target), _valid(target))
 
+    def output_prior(self, targets: Tensor) -> Tensor | None:
+        """The mean valid normal direction (N x 3 x H x W targets), which minimises the mean 1 − cos."""
+        valid = _valid(targets).unsqueeze(1)
+        mean = torch.where(valid, targets, 0.0).sum(dim=(0, 2, 3))
+        norm = torch.linalg.vector_norm(mean)
+        return None if norm == 0 else mean / norm
+
     def metric(self) -> NormalsMetric:
         return NormalsMetric()
 

@@ -47,3 +47,13 @@ def test_attribute_head_starts_at_the_prior_logit_unless_balanced() -> None:
     before = balanced.output_layer("class_male").bias.clone()
     init_output_biases(balanced, balanced_tasks, data)
     assert torch.equal(balanced.output_layer("class_male").bias, before)
+
+
+def test_normals_head_starts_at_the_mean_valid_direction() -> None:
+    import tasks.normals as normals
+
+    targets = torch.zeros(2, 3, 1, 2)
+    targets[0, :, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    targets[1, :, 0, 0] = torch.tensor([0.0, 0.0, 1.0])  # the (0, 0, 0) pixels are invalid
+    prior = normals.NormalsTask("surface_normal").output_prior(targets)
+    assert torch.allclose(prior, torch.tensor([1.0, 0.0, 1.0]) / 2**0.5)
