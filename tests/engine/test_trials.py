@@ -52,8 +52,9 @@ def test_tables_have_mean_std_and_per_trial_rows(finished) -> None:
         assert per_trial[column].notna().all()
 
 
-def test_finished_trial_is_not_trained_again(finished) -> None:
-    cfg, _, _ = finished
+def test_finished_trial_is_not_trained_again(finished, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, out, _ = finished
+    monkeypatch.chdir(out.parent)
     stamp = (trials.trial_folder(cfg, 0) / "checkpoint.pt").stat().st_mtime_ns
     trials.run(cfg, trial=0)
     assert (trials.trial_folder(cfg, 0) / "checkpoint.pt").stat().st_mtime_ns == stamp
