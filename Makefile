@@ -1,24 +1,32 @@
 # The two commands of the README: `make demo` and `make test`. Each creates .venv and installs
-# requirements.txt when the venv is missing or the requirements changed; both are idempotent.
+# requirements-dev.txt (runtime + test tools) when the venv is missing or the requirements
+# changed; both are idempotent. `make test` runs ruff and the whole suite; `make test-fast`
+# skips the end-to-end runs marked slow.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean-runs
+.PHONY: demo test test-fast lint install clean-runs
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) main_multi_trials.py --config_exp config/demo_synthetic.yaml
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" tests
+
 clean-runs:
-	rm -rf runs wandb out_csv/*.csv .cache
+	rm -rf runs wandb out_csv/*.csv out_csv/*.png .cache

@@ -3,11 +3,15 @@
     python main_multi_trials.py --config_exp config/exp_single_mtl_NYU.yaml
     python main_multi_trials.py                      # the demo on built-in synthetic data
     python main_multi_trials.py --config_exp config/exp_gridsearch_single_mtl.yaml   # λ sweep (lambda_sweep key)
+
+Ctrl-C or SIGTERM stops after the current step and saves last.pt; rerun with
+--set checkpoint=true to continue exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from utils.cli import main_guard
@@ -28,20 +32,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def body() -> None:
+    def body() -> int:
         from utils import config, report
+        from utils.signals import EXIT_CODES, StopOnSignal
 
         cfg = config.load(args.config_exp, args.overrides)
         config.check_data_dir(cfg)
         from engine import sweep, trials  # heavy imports only once the config is known to be valid
+        from engine.trainer import Interrupted
 
-        if cfg.lambda_sweep:
-            table = sweep.run_sweep(cfg, trial=args.trial)
-            print(f"\n{cfg.Experiment_name}: λ sweep\n{sweep.format_sweep(cfg, table)}")
-            return
-        rows = trials.run(cfg, trial=args.trial)
+        with StopOnSignal() as stop:
+            try:
+                if cfg.lambda_sweep:
+                    table = sweep.run_sweep(cfg, trial=args.trial, stop=stop.requested)
+                    print(f"\n{cfg.Experiment_name}: λ sweep\n{sweep.format_sweep(cfg, table)}")
+                    return 0
+                rows = trials.run(cfg, trial=args.trial, stop=stop.requested)
+            except Interrupted as interrupt:
+                command = " ".join(["python", *map(shlex.quote, sys.argv), "--set", "checkpoint=true"])
+                print(f"{interrupt}; resume with: {command}", file=sys.stderr)
+                return EXIT_CODES.get(interrupt.signal_name, 130)
         if rows:
             print(f"\n{cfg.Experiment_name}\n{report.format_summary(rows)}")
+        return 0
 
     return main_guard(body)
 

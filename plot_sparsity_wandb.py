@@ -15,59 +15,82 @@ import argparse
 import sys
 from pathlib import Path
 
-import models
-import tasks as task_registry
-from engine.evaluate import checkpoint_plan, load_trial_config
+from engine import artifacts
 from engine.measure import surviving_channels
-from engine.layout import GLOBAL_CHECKPOINT
+from engine.trial import Trial, build_trial, resolve
 from optim import sparsity
-from utils import checkpoint as ckpt
-from utils import plots
+from utils import config, io, plots, report
 from utils.cli import main_guard
-from utils.config import ExperimentConfig
+from utils.errors import DataError
 from utils.logging import RunLogger
 
 SPARSITY_PNG = "sparsity_plot.png"
 CURVES_PNG = "training_curves.png"
 
 
-def sparsity_panels(cfg: ExperimentConfig, folder: Path, checkpoint: str | None) -> list[plots.SparsityPanel]:
+def sparsity_panels(trial: Trial, folder: Path, checkpoint: str | None) -> list[plots.SparsityPanel]:
     """One panel per checkpoint (``checkpoint``, or every best one): its surviving channels and sparsity."""
-    plan = checkpoint_plan(cfg, folder)
-    names = [checkpoint] if checkpoint else [GLOBAL_CHECKPOINT, *sorted(set(plan) - {GLOBAL_CHECKPOINT})]
-    model = models.build(cfg)
+    plan = artifacts.checkpoint_plan(trial.cfg, folder)
+    names = [checkpoint] if checkpoint else [artifacts.GLOBAL_CHECKPOINT, *sorted(set(plan) - {artifacts.GLOBAL_CHECKPOINT})]
+    model = trial.model
     panels = []
     for name in names:
-        state = ckpt.load(folder / name)
-        model.load_state_dict(state["model"])
+        weights, epoch = artifacts.read_weights(folder, name, trial.cfg)
+        artifacts.load_weights(model, weights, source=folder / name)
         measures = sparsity.summary(model.backbone)
-        best = "total loss" if name == GLOBAL_CHECKPOINT else ", ".join(plan.get(name, []))
-        label = (f"{name} ({f'best {best}, ' if best else ''}epoch {state['epoch']}): group sparsity {100 * measures['group_sparsity']:.1f} %, "
+        best = "total loss" if name == artifacts.GLOBAL_CHECKPOINT else ", ".join(plan.get(name, []))
+        label = (f"{name} ({f'best {best}, ' if best else ''}epoch {epoch}): group sparsity {100 * measures['group_sparsity']:.1f} %, "
                  f"filter sparsity {100 * measures['filter_sparsity']:.1f} %, "
                  f"parameter sparsity {100 * measures['param_sparsity']:.1f} %")
         panels.append(plots.SparsityPanel(label, surviving_channels(model.backbone)))
     return panels
 
 
-def trial_figures(cfg: ExperimentConfig, folder: Path, *, checkpoint: str | None = None) -> dict[str, Path]:
-    """Write the trial's sparsity plot and training curves into its folder; returns their paths."""
-    panels = sparsity_panels(cfg, folder, checkpoint)
-    lam = cfg.bb_optimizer_params.lambda_ if cfg.group_sparsity else 0.0
+def curves(trial: Trial, folder: Path) -> tuple[dict[str, list[float]], dict[str, tuple[str, list[float]]]]:
+    """Per-epoch sparsity and each task's primary validation metric from the history files (ours or the study's).
+
+    The study's history has no sparsity and names metrics its own way (``IoU``, ``mae``,
+    ``cos_similarity``, ``F1``); its equivalent of each primary metric is plotted then.
+    """
+    train_file, val_file = artifacts.HISTORY_FILES
+    train, val = io.read_json(folder / train_file), io.read_json(folder / val_file)
+    if not isinstance(train, dict) or not isinstance(val, dict) or not isinstance(val.get("metric", {}), dict):
+        raise DataError(f"'{folder}': {train_file} / {val_file} are not training histories (expected JSON objects)")
+    metrics = {}
+    for name, task in trial.tasks.items():
+        history = val.get("metric", {}).get(name, {})
+        for key in (task.primary_metric, *report.study_metric_names(name)):
+            if key in history:
+                metrics[name] = (key, list(history[key]))
+                break
+    return train.get("sparsity", {}), metrics
+
+
+def trial_figures(folder: Path, *, checkpoint: str | None = None) -> dict[str, Path]:
+    """Write the trial's sparsity plot and training curves into its folder; returns their paths.
+
+    Everything is read and checked first, so a broken file leaves no figure half-made.
+    """
+    cfg = artifacts.load_trial_config(folder, device="cpu")
+    if cfg.num_seg_classes is None:  # a folder of the study's code; its data may be elsewhere
+        classes = artifacts.checkpoint_classes(folder, cfg)
+        cfg = resolve(cfg) if classes is None else cfg.model_copy(update={"num_seg_classes": classes})
+    trial = build_trial(cfg)
+    panels = sparsity_panels(trial, folder, checkpoint)
+    spars, metrics = curves(trial, folder)
+    lam = (cfg.bb_optimizer_params.lambda_ or 0.0) if cfg.group_sparsity else 0.0
     title = (f"{folder.name}: {cfg.dataset_name}, {cfg.setup} ({', '.join(cfg.task_list)}), "
              f"{cfg.backbone}, λ = {lam:g}")
-    paths = {"sparsity_plot": plots.save_png(plots.sparsity_figure(panels, title=title), folder / SPARSITY_PNG)}
-    train = ckpt.read_json(folder / "training_dict.json")
-    val = ckpt.read_json(folder / "validation_dict.json")
-    metrics = {name: (task.primary_metric, val["metric"][name][task.primary_metric])
-               for name, task in task_registry.build(cfg).items() if name in val["metric"]}
-    curves = plots.training_curves_figure(train["sparsity"], metrics, title=title)
-    paths["training_curves"] = plots.save_png(curves, folder / CURVES_PNG)
-    return paths
+    sparsity_png = plots.sparsity_figure(panels, title=title)
+    curves_png = plots.training_curves_figure(spars, metrics, title=title)
+    return {"sparsity_plot": plots.save_png(sparsity_png, folder / SPARSITY_PNG),
+            "training_curves": plots.save_png(curves_png, folder / CURVES_PNG)}
 
 
-def log_figures(cfg: ExperimentConfig, folder: Path, paths: dict[str, Path], *, mode: str, directory: str | Path) -> None:
+def log_figures(folder: Path, paths: dict[str, Path], *, mode: str, directory: str | Path) -> None:
     """Log the figures as images to a wandb run named after the trial, in the experiment's group."""
-    logger = RunLogger(name=f"{folder.name}_plots", group=cfg.Experiment_name, config=cfg.model_dump(mode="json", by_alias=True),
+    cfg = artifacts.load_trial_config(folder)
+    logger = RunLogger(name=f"{folder.name}_plots", group=cfg.Experiment_name, config=config.to_dict(cfg),
                        mode=mode, project=cfg.wandb.project, entity=cfg.wandb.entity, directory=directory)
     try:
         for key, path in paths.items():
@@ -92,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         folder = Path(args.exp_folder_path)
-        cfg = load_trial_config(folder)
-        paths = trial_figures(cfg, folder, checkpoint=args.checkpoint)
-        log_figures(cfg, folder, paths, mode=args.wandb, directory=args.wandb_dir or folder.resolve().parent)
+        if not folder.is_dir():
+            raise DataError(f"--exp_folder_path '{folder}' is not a folder; expected a trial folder")
+        paths = trial_figures(folder, checkpoint=args.checkpoint)
+        log_figures(folder, paths, mode=args.wandb, directory=args.wandb_dir or folder.resolve().parent)
         for path in paths.values():
             print(f"wrote {path}")
 

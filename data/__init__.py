@@ -2,9 +2,19 @@
 
 ``describe(cfg)`` says what the configured data is, ``build(cfg)`` returns its train / val / test
 datasets of samples ``{"image": 3xHxW float, "targets": {task: tensor}}`` (docs/contracts.md),
-``loader(...)`` wraps one in a reproducible DataLoader.
+``loader(...)`` wraps one in a reproducible DataLoader. They load on first use, so that the
+torch-free modules of this package (``data.celeba_format``) import without torch.
 """
 
-from data.build import DatasetInfo, Splits, build, describe, loader
+from __future__ import annotations
 
-__all__ = ["DatasetInfo", "Splits", "build", "describe", "loader"]
+import importlib
+from typing import Any
+
+__all__ = ["DatasetInfo", "Splits", "build", "data_key", "describe", "loader"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("data.datasets"), name)
+    raise AttributeError(f"module 'data' has no attribute {name!r}")

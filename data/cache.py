@@ -23,7 +23,19 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from data.transforms import DEPTH, EDGE, IMAGE, NORMALS, SEGMENTATION, DepthNormalization, Fields, augment, resize, to_sample
+from data.transforms import (
+    DEPTH,
+    EDGE,
+    IMAGE,
+    NORMALS,
+    SEGMENTATION,
+    DepthNormalization,
+    Fields,
+    ImageNormalization,
+    augment,
+    resize,
+    to_sample,
+)
 from utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -72,6 +84,7 @@ class DenseDataset(Dataset):
         size: (H, W) every field is resized to.
         augment: random scale-crop and flip (training split only).
         depth_normalization: ``"per_image_max"`` divides depth by its per-image maximum.
+        image_normalization: ``"none"`` keeps pixels in [0, 1] (the study), ``"imagenet"`` standardises them.
         cache_budget: bytes the cache may take; above it samples are decoded on access.
         name: the split's name, for logs and the progress bar.
     """
@@ -84,6 +97,7 @@ class DenseDataset(Dataset):
         size: Sequence[int],
         augment: bool = False,
         depth_normalization: DepthNormalization = "none",
+        image_normalization: ImageNormalization = "none",
         cache_budget: int = CACHE_BUDGET_BYTES,
         name: str = "dataset",
     ) -> None:
@@ -92,6 +106,7 @@ class DenseDataset(Dataset):
         self.size = (int(size[0]), int(size[1]))
         self.augment = augment
         self.depth_normalization = depth_normalization
+        self.image_normalization = image_normalization
         self.name = name
         self._check_files()
         needed = len(self.keys) * sample_nbytes(source.tasks, self.size)
@@ -119,7 +134,7 @@ class DenseDataset(Dataset):
             fields = {name: stacked[index] for name, stacked in self._cache.items()}
         if self.augment:
             fields = augment(fields)
-        return to_sample(fields, depth_normalization=self.depth_normalization)
+        return to_sample(fields, depth_normalization=self.depth_normalization, image_normalization=self.image_normalization)
 
     def _check_files(self) -> None:
         for key in self.keys:

@@ -21,10 +21,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.build import DatasetInfo, Splits
-from data.cache import CACHE_BUDGET_BYTES, DenseDataset, image_tensor, load_npy, segmentation_tensor
-from data.prepare_celeba import (
+from data.datasets import DatasetInfo, Splits
+from data.cache import (
+    CACHE_BUDGET_BYTES,
+    DenseDataset,
+    image_tensor,
+    load_npy,
+    segmentation_tensor,
+)
+from data.celeba_format import (
     ATTRIBUTE_FILE,
+    CELEBA_ATTRIBUTES,
+    CELEBA_TASK_ALIASES,
     DEFAULT_SPLIT_SEED,
     IMAGE_DIR,
     SEG_CLASSES,
@@ -32,18 +40,22 @@ from data.prepare_celeba import (
     SPLIT_FILE,
     SPLIT_NAMES,
     AttributeTable,
+    celeba_attribute,
     index_of,
     read_attributes,
     seeded_split,
     segmask_name,
 )
-from data.transforms import IGNORE_INDEX, IMAGE, SEGMENTATION, Fields
-from utils.config import CELEBA_ATTRIBUTES, CELEBA_TASK_ALIASES, ExperimentConfig, celeba_attribute
+from data.transforms import IMAGE, SEGMENTATION, Fields, ImageNormalization
+from utils.config import ExperimentConfig
+from utils.constants import IGNORE_INDEX
 from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 NAME = "celeba"
+#: Where the study's code kept its split file, relative to the folder it ran in.
+STUDY_SPLIT_DIR = "dataset"
 
 
 def describe(cfg: ExperimentConfig) -> DatasetInfo:
@@ -53,16 +65,24 @@ def describe(cfg: ExperimentConfig) -> DatasetInfo:
 
 def build(cfg: ExperimentConfig) -> Splits:
     """The train/val/test datasets of ``cfg``; only train is augmented (``cfg.augmentation``).
-    The splits share one cache budget, as NYU-v2's do; a split over it reads files on access."""
+
+    With ``celebA_subset: first_third`` (the study's ``create_dataset.py``: ``len(split) // 3``
+    samples, the first ones) each split is cut to its first third. The splits share one cache
+    budget, as NYU-v2's do; a split over it reads files on access."""
     root = _root(cfg)
     split = read_split(cfg, root)
+    if cfg.celebA_subset == "first_third":
+        split = {name: files[: len(files) // 3] for name, files in split.items()}
+        log.info("celebA_subset first_third: using the first third of each split (%s), as the study did",
+                 ", ".join(f"{len(files)} {name}" for name, files in split.items()))
     table = read_attributes(root / ATTRIBUTE_FILE) if attribute_tasks(cfg.task_list) else None
     budget = CACHE_BUDGET_BYTES
     datasets = []
     for name in SPLIT_NAMES:
         dataset = CelebAMaskHQ(
             root, split[name], cfg.task_list, image_size=cfg.image_size, attributes=table,
-            augment=cfg.augmentation and name == "train", cache_budget=budget, name=name,
+            augment=cfg.augmentation and name == "train", image_normalization=cfg.image_normalization,
+            cache_budget=budget, name=name,
         )
         budget -= dataset.cached_bytes
         datasets.append(dataset)
@@ -86,16 +106,21 @@ def attribute_tasks(tasks: Sequence[str]) -> dict[str, str]:
 
 
 def read_split(cfg: ExperimentConfig, root: Path) -> dict[str, list[str]]:
-    """The split file of ``celebA_split_file`` (default ``<root>/celebA_datasplit.json``).
+    """The split file of ``celebA_split_file``, by default ``<root>/celebA_datasplit.json`` or, as the
+    study kept it in its code folder, ``dataset/celebA_datasplit.json``.
 
     Without one, the images present are split 80/10/10 with the seed ``prepare_celeba`` uses
     by default, so both give the same split. The trial seed is deliberately not used: every
     trial must see the same test set."""
-    path = Path(cfg.celebA_split_file).expanduser() if cfg.celebA_split_file else root / SPLIT_FILE
-    if path.is_file():
-        return _parse_split(path)
     if cfg.celebA_split_file:
-        raise DataError(f"config key 'celebA_split_file': '{path}' not found; expected a JSON file of train/val/test lists")
+        path = Path(cfg.celebA_split_file).expanduser()
+        if not path.is_file():
+            raise DataError(f"config key 'celebA_split_file': '{path}' not found; expected a JSON file of train/val/test lists")
+        return _parse_split(path)
+    for path in (root / SPLIT_FILE, Path(STUDY_SPLIT_DIR) / SPLIT_FILE):
+        if path.is_file():
+            log.info("CelebA split: %s", path)
+            return _parse_split(path)
     files = [image.name for image in (root / IMAGE_DIR).glob("*.jpg") if image.stem.isdigit()]
     if not files:
         raise DataError(f"'{root / IMAGE_DIR}' holds no <n>.jpg images; expected the formatted CelebAMask-HQ layout")
@@ -175,6 +200,7 @@ class CelebAMaskHQ(Dataset):
         image_size: Sequence[int],
         attributes: AttributeTable | None = None,
         augment: bool = False,
+        image_normalization: ImageNormalization = "none",
         cache_budget: int = CACHE_BUDGET_BYTES,
         name: str = "celeba",
     ) -> None:
@@ -184,7 +210,7 @@ class CelebAMaskHQ(Dataset):
         self._labels = self._read_labels(attributes)
         self._images = DenseDataset(
             Source(self.root, with_mask=SEGMENTATION in self.tasks), self.files,
-            size=image_size, augment=augment, cache_budget=cache_budget, name=name,
+            size=image_size, augment=augment, image_normalization=image_normalization, cache_budget=cache_budget, name=name,
         )
 
     @property

@@ -14,12 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.cache import depth_tensor, image_tensor, load_npy, normals_tensor, segmentation_tensor
-from data.transforms import DEPTH, IGNORE_INDEX, IMAGE, NORMALS, SEGMENTATION, Fields
-from utils.errors import DataError
+from data.cache import (
+    depth_tensor,
+    image_tensor,
+    load_npy,
+    normals_tensor,
+    segmentation_tensor,
+)
+from data.transforms import DEPTH, IMAGE, NORMALS, SEGMENTATION, Fields
+from utils.constants import IGNORE_INDEX, MTAN_NUM_CLASSES
+from utils.errors import ConfigError, DataError
 
 NAME = "mtan"
-NUM_CLASSES = 13
+NUM_CLASSES = MTAN_NUM_CLASSES
 TASKS = (SEGMENTATION, DEPTH, NORMALS)
 SPLIT_FOLDERS = ("train", "val", "test")
 
@@ -32,8 +39,10 @@ def detect(root: Path) -> bool:
     return (root / "train" / "image").is_dir()
 
 
-def find_splits(root: Path) -> dict[str, list[str]]:
+def find_splits(root: Path, *, meta: bool = False) -> dict[str, list[str]]:
     """Keys of the ``train/`` and ``val/`` folders (required) and of ``test/`` (optional)."""
+    if meta:
+        raise ConfigError(f"config key 'meta': the MTAN layout at {root} has no meta_gt_sets; expected meta: false")
     splits = {}
     for name in SPLIT_FOLDERS:
         folder = root / name / "image"

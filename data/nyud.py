@@ -14,12 +14,22 @@ import cv2
 import numpy as np
 import torch
 
-from data.cache import depth_tensor, edge_tensor, image_tensor, load_npy, normals_tensor, segmentation_tensor
-from data.transforms import DEPTH, EDGE, IGNORE_INDEX, IMAGE, NORMALS, SEGMENTATION, Fields
+from data.cache import (
+    depth_tensor,
+    edge_tensor,
+    image_tensor,
+    load_npy,
+    normals_tensor,
+    segmentation_tensor,
+)
+from data.transforms import DEPTH, EDGE, IMAGE, NORMALS, SEGMENTATION, Fields
+from utils.constants import IGNORE_INDEX, NYUD_NUM_CLASSES
 from utils.errors import DataError
 
 NAME = "nyud"
-NUM_CLASSES = 40
+NUM_CLASSES = NYUD_NUM_CLASSES
+#: Split folders: ``gt_sets`` and, with the study's ``meta: true``, ``meta_gt_sets``.
+SPLIT_DIRS = {False: "gt_sets", True: "meta_gt_sets"}
 TASKS = (SEGMENTATION, DEPTH, NORMALS, EDGE)
 SPLIT_FILES = ("train", "val", "test")
 
@@ -36,16 +46,19 @@ def detect(root: Path) -> bool:
     return (root / "images").is_dir() and (root / "gt_sets").is_dir()
 
 
-def find_splits(root: Path) -> dict[str, list[str]]:
-    """The ids of ``gt_sets/<split>.txt``: train and val are required, test is optional."""
+def find_splits(root: Path, *, meta: bool = False) -> dict[str, list[str]]:
+    """The ids of ``gt_sets/<split>.txt`` (``meta_gt_sets/`` with ``meta``): train and val are required, test is optional."""
     splits = {}
     for name in SPLIT_FILES:
-        path = root / "gt_sets" / f"{name}.txt"
+        path = root / SPLIT_DIRS[meta] / f"{name}.txt"
         if not path.is_file():
             if name == "test":
                 continue
             raise DataError(f"{path}: file not found; expected the {name} ids of the NYUD_MT layout, one a line")
-        ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text; expected one sample id a line") from None
         if not ids:
             raise DataError(f"{path}: no ids; expected one sample id a line")
         splits[name] = ids

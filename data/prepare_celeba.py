@@ -17,9 +17,8 @@ import io
 import json
 import logging
 import os
-import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,164 +27,36 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.checkpoint import write_bytes
+from data.celeba_format import (
+    ATTRIBUTE_FILE,
+    DEFAULT_SPLIT_SEED,
+    IMAGE_DIR,
+    IMAGE_NAME,
+    MAPPING_FILE,
+    MASK_NAME,
+    PART_CLASSES,
+    PARTITION_FILE,
+    RAW_MASK_DIR,
+    SEG_CLASSES,
+    SEGMASK_DIR,
+    SPLIT_FILE,
+    SPLIT_NAMES,
+    AttributeTable,
+    format_attributes,
+    image_name,
+    index_of,
+    official_split,
+    raw_mask_path,
+    read_attributes,
+    seeded_split,
+    segmask_name,
+)
 from utils.errors import DataError
+from utils.io import write_bytes
 
 log = logging.getLogger(__name__)
 
-IMAGE_DIR = "CelebA-HQ-img"
-RAW_MASK_DIR = "CelebAMask-HQ-mask-anno"
-SEGMASK_DIR = "CelebA-HQ-segmask"
-ATTRIBUTE_FILE = "CelebAMask-HQ-attribute-anno.txt"
-SPLIT_FILE = "celebA_datasplit.json"
-MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
-PARTITION_FILE = "list_eval_partition.txt"
-SPLIT_NAMES = ("train", "val", "test")
-SEG_CLASSES = ("background", "hair", "face")
-#: The seed of the split when the official partition is absent; the loader's fallback uses it too.
-DEFAULT_SPLIT_SEED = 0
-
-#: Part -> class of the 3-class masks, in painting order: each part overwrites the ones before
-#: it. The order is the release's own label order (CelebAMask-HQ ``g_mask.py`` paints its
-#: 19-class maps the same way), so our masks are exactly its label maps with classes merged.
-#: Skin first, face parts over it, hair over the face, then hat, earrings, necklace, neck and
-#: cloth clear what they cover. Eyeglasses (``eye_g``) lie over the face, so they count as face.
-PART_CLASSES: dict[str, int] = {
-    "skin": 2, "nose": 2, "eye_g": 2, "l_eye": 2, "r_eye": 2, "l_brow": 2, "r_brow": 2,
-    "l_ear": 2, "r_ear": 2, "mouth": 2, "u_lip": 2, "l_lip": 2,
-    "hair": 1,
-    "hat": 0, "ear_r": 0, "neck_l": 0, "neck": 0, "cloth": 0,
-}
-#: Raw mask files per sub-folder of the release (``<k> = n // 2000``).
-MASKS_PER_FOLDER = 2000
 JPEG_QUALITY = 95
-
-_IMAGE_NAME = re.compile(r"(\d+)\.jpg")
-_MASK_NAME = re.compile(r"(\d+)_([a-z_]+)\.png")
-
-
-def image_name(index: int) -> str:
-    """``<n>.jpg``: the name of image ``n`` in both layouts, the split and the attribute file."""
-    return f"{index}.jpg"
-
-
-def segmask_name(index: int) -> str:
-    """``<n:05d>_mask.npy``: the 3-class mask of image ``n`` in the formatted layout."""
-    return f"{index:05d}_mask.npy"
-
-
-def raw_mask_path(raw: Path, index: int, part: str) -> Path:
-    """Where the release keeps the mask of one part of image ``n``."""
-    return raw / RAW_MASK_DIR / str(index // MASKS_PER_FOLDER) / f"{index:05d}_{part}.png"
-
-
-def index_of(name: str) -> int:
-    """The image number of ``<n>.jpg``; DataError for any other name."""
-    match = _IMAGE_NAME.fullmatch(name)
-    if match is None:
-        raise DataError(f"'{name}' is not a CelebA-HQ image name; expected <n>.jpg")
-    return int(match.group(1))
-
-
-# ----------------------------------------------------------------------------- file formats
-
-
-@dataclass(frozen=True)
-class AttributeTable:
-    """The attribute file: 40 names and, per image file, its values (+1 present, -1 absent)."""
-
-    names: tuple[str, ...]
-    rows: dict[str, tuple[int, ...]]
-
-    def positives(self, attribute: str, files: Sequence[str]) -> np.ndarray:
-        """0/1 float32 labels of one attribute for ``files``, in their order."""
-        column = self.names.index(attribute)
-        return np.array([self.rows[name][column] > 0 for name in files], dtype=np.float32)
-
-
-def read_attributes(path: Path) -> AttributeTable:
-    """Parse the release's attribute file: a count line, a names line, then ``<n>.jpg`` and
-    one value per name, separated by any amount of whitespace (the real file mixes one and
-    two spaces). The count line is optional, as some re-saved copies drop it."""
-    if not path.is_file():
-        raise DataError(f"attribute file '{path}' not found; expected {ATTRIBUTE_FILE} of the CelebAMask-HQ release")
-    lines = [(number, line.split()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
-    lines = [(number, tokens) for number, tokens in lines if tokens]
-    if lines and len(lines[0][1]) == 1 and lines[0][1][0].isdigit():
-        lines = lines[1:]
-    if not lines:
-        raise DataError(f"{path}: no attribute names; expected a line of names after the count line")
-    names = tuple(lines[0][1])
-    rows: dict[str, tuple[int, ...]] = {}
-    for number, tokens in lines[1:]:
-        if len(tokens) != len(names) + 1:
-            raise DataError(f"{path}:{number}: expected a file name and {len(names)} values, got {len(tokens)} fields")
-        try:
-            values = tuple(int(token) for token in tokens[1:])
-        except ValueError:
-            raise DataError(f"{path}:{number}: attribute values must be 1 or -1, got {' '.join(tokens[1:])!r}") from None
-        if any(value not in (1, -1) for value in values):
-            raise DataError(f"{path}:{number}: attribute values must be 1 or -1, got {' '.join(tokens[1:])!r}")
-        rows[tokens[0]] = values
-    return AttributeTable(names, rows)
-
-
-def format_attributes(table: AttributeTable, files: Iterable[str]) -> str:
-    """The attribute file for ``files`` in the release's format, one space between fields."""
-    files = list(files)
-    lines = [str(len(files)), " ".join(table.names)]
-    lines += [" ".join([name, *map(str, table.rows[name])]) for name in files]
-    return "\n".join(lines) + "\n"
-
-
-def seeded_split(files: Sequence[str], seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[str]]:
-    """A deterministic 80/10/10 split for copies without the official CelebA partition."""
-    ordered = sorted(files, key=index_of)
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    n_train, n_val = round(0.8 * len(ordered)), round(0.1 * len(ordered))
-    parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
-    return {name: [ordered[i] for i in sorted(part)] for name, part in zip(SPLIT_NAMES, parts)}
-
-
-def official_split(files: Sequence[str], mapping: Path, partition: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """The CelebA train/val/test partition carried over to CelebA-HQ images through the
-    release's mapping file. Returns the split and, per file it cannot place, why.
-
-    File names are compared by number, so ``000123.jpg`` and ``123.jpg`` match."""
-    original = {}
-    for number, tokens in _table_rows(mapping, columns=3, header="idx"):
-        try:
-            original[int(tokens[0])] = int(Path(tokens[2]).stem)
-        except ValueError:
-            raise DataError(f"{mapping}:{number}: expected 'idx orig_idx orig_file', got {' '.join(tokens)!r}") from None
-    subset = {}
-    for number, tokens in _table_rows(partition, columns=2, header=None):
-        if tokens[1] not in ("0", "1", "2") or not Path(tokens[0]).stem.isdigit():
-            raise DataError(f"{partition}:{number}: expected '<file> <0|1|2>', got {' '.join(tokens)!r}")
-        subset[int(Path(tokens[0]).stem)] = SPLIT_NAMES[int(tokens[1])]
-    split: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
-    unplaced = {}
-    for name in sorted(files, key=index_of):
-        orig = original.get(index_of(name))
-        if orig is None:
-            unplaced[name] = f"{mapping}: no row for image {name}"
-        elif orig not in subset:
-            unplaced[name] = f"{partition}: no line for CelebA file {orig:06d}.jpg (image {name})"
-        else:
-            split[subset[orig]].append(name)
-    return split, unplaced
-
-
-def _table_rows(path: Path, *, columns: int, header: str | None) -> Iterator[tuple[int, list[str]]]:
-    """Whitespace-separated rows of a text table, skipping blank lines and a header line."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        tokens = line.split()
-        if not tokens or (header is not None and tokens[0] == header):
-            continue
-        if len(tokens) < columns:
-            raise DataError(f"{path}:{number}: expected {columns} columns, got {' '.join(tokens)!r}")
-        yield number, tokens
-
 
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Atomic write that leaves an identical file untouched (so a rerun changes no mtime)."""
@@ -317,14 +188,14 @@ def _scan(raw: Path, out: Path, size: int, attributes: AttributeTable) -> tuple[
     problems: list[Problem] = []
     images: dict[int, Path] = {}
     for path in sorted((raw / IMAGE_DIR).glob("*.jpg")):
-        match = _IMAGE_NAME.fullmatch(path.name)
+        match = IMAGE_NAME.fullmatch(path.name)
         if match is None:
             problems.append(Problem(f"{path}: unexpected image name; expected <n>.jpg"))
         else:
             images[int(match.group(1))] = path
     parts: dict[int, dict[str, Path]] = {}
     for path in sorted((raw / RAW_MASK_DIR).rglob("*.png")):
-        match = _MASK_NAME.fullmatch(path.name)
+        match = MASK_NAME.fullmatch(path.name)
         if match is None or match.group(2) not in PART_CLASSES:
             problems.append(Problem(f"{path}: unexpected mask name; expected <n:05d>_<part>.png, part in {list(PART_CLASSES)}"))
         else:

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from data.celeba_format import CELEBA_ATTRIBUTES
 from data.prepare_celeba import (
     ATTRIBUTE_FILE,
     IMAGE_DIR,
@@ -33,7 +34,6 @@ from data.prepare_celeba import (
     image_name,
     raw_mask_path,
 )
-from utils.config import CELEBA_ATTRIBUTES
 
 #: Images in CelebA, and the first file number of its val and test partitions (1-based).
 CELEBA_SIZE = 202599

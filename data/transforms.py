@@ -17,20 +17,19 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+
 IMAGE = "image"
 SEGMENTATION = "segmentsemantic"
 DEPTH = "depth_euclidean"
 NORMALS = "surface_normal"
 EDGE = "edge_texture"
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Scale factors of the random scale-crop augmentation (as in the MTL literature on NYU-v2).
 SCALES = (1.0, 1.2, 1.5)
-IGNORE_INDEX = 255
-
 Fields = dict[str, torch.Tensor]
 DepthNormalization = Literal["none", "per_image_max"]
+ImageNormalization = Literal["none", "imagenet"]
 
 _SMOOTH_FIELDS = frozenset({IMAGE, EDGE})
 
@@ -99,9 +98,10 @@ def augment(fields: Mapping[str, torch.Tensor], *, generator: torch.Generator | 
     return out
 
 
-def normalize_image(image: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB 3 x H x W -> float32 normalised with the ImageNet statistics."""
-    return F.normalize(F.to_dtype(image, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD))
+def normalize_image(image: torch.Tensor, normalization: ImageNormalization = "none") -> torch.Tensor:
+    """uint8 RGB 3 x H x W -> float32 in [0, 1] (the study's ``ToTensor``), or ImageNet-normalised."""
+    pixels = F.to_dtype(image, torch.float32, scale=True)
+    return F.normalize(pixels, list(IMAGENET_MEAN), list(IMAGENET_STD)) if normalization == "imagenet" else pixels
 
 
 def per_image_max(depth: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,10 @@ def unit_normals(normals: torch.Tensor) -> torch.Tensor:
     return normals / length.clamp_min(1e-6)
 
 
-def to_sample(fields: Mapping[str, torch.Tensor], *, depth_normalization: DepthNormalization = "none") -> dict:
+def to_sample(
+    fields: Mapping[str, torch.Tensor], *, depth_normalization: DepthNormalization = "none",
+    image_normalization: ImageNormalization = "none",
+) -> dict:
     """Fields -> the model's sample ``{"image": float 3xHxW, "targets": {task: tensor}}``.
 
     Tensors are fresh copies, so callers may modify them without touching a cache.
@@ -130,4 +133,4 @@ def to_sample(fields: Mapping[str, torch.Tensor], *, depth_normalization: DepthN
             targets[name] = per_image_max(value.to(torch.float32))
         elif name != IMAGE:
             targets[name] = value.to(torch.float32, copy=True)
-    return {"image": normalize_image(fields[IMAGE]), "targets": targets}
+    return {"image": normalize_image(fields[IMAGE], image_normalization), "targets": targets}

@@ -2,7 +2,8 @@
 
 ``uncertainity`` (the study's spelling) is homoscedastic uncertainty weighting, Kendall, Gal &
 Cipolla, CVPR 2018 (arXiv 1705.07115): total = sum_t exp(-s_t) L_t + s_t with s_t = log sigma_t^2
-learned. ``sum`` adds the losses; ``wt_sum`` uses fixed ``loss_weights`` (default 1 per task).
+learned (the study started them at 1 and never trained them; learning them is our fix). ``sum`` adds
+the losses; ``wt_sum`` uses fixed ``loss_weights`` (default 1/T per task, the study's mean).
 Tasks that early-stopped leave the total.
 """
 
@@ -46,10 +47,15 @@ class UncertaintyWeighting(LossWeighting):
 
 
 def build(comb_loss: str, task_names: Sequence[str], loss_weights: Mapping[str, float] | None = None) -> LossWeighting:
-    """The weighting named by ``comb_loss``; one task needs no weighting and gets a plain sum."""
+    """The weighting named by ``comb_loss``; one task needs no weighting and gets a plain sum.
+
+    ``wt_sum`` without ``loss_weights`` is the mean of the task losses (1/T each), what the
+    study's normalised weights amounted to; with them, each task gets its given weight.
+    """
     if comb_loss == "uncertainity" and len(task_names) > 1:
         return UncertaintyWeighting(task_names)
     if comb_loss == "wt_sum":
-        given = loss_weights or {}
-        return LossWeighting({name: given.get(name, 1.0) for name in task_names})
+        if loss_weights is None:
+            return LossWeighting({name: 1.0 / len(task_names) for name in task_names})
+        return LossWeighting({name: loss_weights[name] for name in task_names})
     return LossWeighting({name: 1.0 for name in task_names})

@@ -1,80 +1,144 @@
-"""λ sweeps: one experiment per sparsity strength, then sparsity vs accuracy in one table and figure.
+"""λ sweeps: one experiment per sparsity strength, sparsity vs accuracy in one table and figure, and a best λ.
 
-The study chose λ by a grid search (1e-7 … 1e-2); ``lambda_sweep`` in a config runs it. Each λ
-is a normal experiment named ``<Experiment_name>_lambda<λ>`` (the study's naming), so its trial
-folders, tables and resume behave like any other; λ = 0 is the dense reference.
+The study chose λ by a grid search (``main_gridsearch.py``: 1e-7 … 1e-2). Each λ is a normal
+experiment named ``<Experiment_name>_lambda_<λ>`` (the study's naming, ``str(λ)``), so its trial
+folders, tables and resume behave like any other; λ = 0 is the dense reference. The data is
+decoded once for the whole sweep.
+
+**Best λ** (recorded in the sweep table and in ``<exp>_best_lambda.json``): among the λ whose
+mean group sparsity lies in ``best_lambda_band`` (default 25–80 %, the study's band), the one
+with the best Δm on the **validation** split against the sweep's smallest λ, every metric's
+direction respected (REFERENCE §6). The study compared each λ with the first one only and
+counted a higher depth error as better; here Δm weighs every task and metric the same way.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+import data
 import tasks as task_registry
-from engine import trials
-from utils import config, plots, report
-from utils.checkpoint import write_text
+from engine import artifacts, trials
+from engine.trial import resolve
+from utils import config, io, plots, report
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError
 
+log = logging.getLogger("gsmtl")
+
 
 def lambda_tag(lam: float) -> str:
-    """``1e-06`` -> ``1e-6``, as the study wrote λ in experiment names."""
-    return f"{lam:g}".replace("e-0", "e-").replace("e+0", "e+")
+    """``str(λ)``, as the study's grid search wrote λ in experiment names (``1e-07``, ``0.0001``)."""
+    return str(float(lam))
 
 
-def sweep_configs(cfg: ExperimentConfig) -> dict[float, ExperimentConfig]:
-    """One validated config per λ of ``cfg.lambda_sweep``: group sparsity on for λ > 0, off for λ = 0."""
-    if not cfg.lambda_sweep:
+def sweep_configs(cfg: ExperimentConfig, lambdas: Sequence[float] | None = None) -> dict[float, ExperimentConfig]:
+    """One validated config per λ of ``lambdas`` (default ``cfg.lambda_sweep``): group sparsity on for λ > 0, off for 0."""
+    lambdas = list(lambdas if lambdas is not None else cfg.lambda_sweep or [])
+    if not lambdas:
         raise ConfigError("config key 'lambda_sweep': expected a non-empty list of λ values")
     if cfg.lambda_list:
         raise ConfigError("config keys 'lambda_sweep' and 'lambda_list': a λ schedule would override the swept λ; set one of them")
     configs = {}
-    for lam in dict.fromkeys(cfg.lambda_sweep):
-        raw = cfg.model_dump(mode="json", by_alias=True)
-        raw.update(Experiment_name=f"{cfg.Experiment_name}_lambda{lambda_tag(lam)}", group_sparsity=lam > 0, lambda_sweep=None)
+    for lam in dict.fromkeys(float(value) for value in lambdas):
+        raw = config.to_dict(cfg)
+        raw.update(Experiment_name=f"{cfg.Experiment_name}_lambda_{lambda_tag(lam)}", group_sparsity=lam > 0, lambda_sweep=None)
         raw["bb_optimizer_params"]["lambda"] = lam
         configs[lam] = config.validate(raw, source=f"lambda_sweep λ={lam:g}")
     return configs
 
 
-def sweep_table(results: Mapping[float, Sequence[Mapping[str, float]]]) -> pd.DataFrame:
+def sweep_table(results: Mapping[float, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
     """One row per λ: trials, then ``<column>_mean`` / ``<column>_std`` (population) of sparsity, metrics, the rest."""
     rows = []
     for lam, trial_rows in results.items():
-        numbers = pd.DataFrame(list(trial_rows)).drop(columns=["trial"], errors="ignore").astype(float)
+        numbers = report.finished(trial_rows)
+        ordered = [c for c in report.SPARSITY_COLUMNS if c in numbers] + [c for c in numbers if c not in report.SPARSITY_COLUMNS]
+        stats = numbers[ordered].agg(["mean", lambda column: column.std(ddof=0)])
         row: dict[str, float] = {"lambda": lam, "trials": len(numbers)}
-        sparsity_first = [c for c in report.SPARSITY_COLUMNS if c in numbers] + [
-            c for c in numbers if c not in report.SPARSITY_COLUMNS]
-        for column in sparsity_first:
-            row[f"{column}_mean"] = numbers[column].mean()
-            row[f"{column}_std"] = numbers[column].std(ddof=0)
+        for column in ordered:
+            row[f"{column}_mean"] = stats.at["mean", column]
+            row[f"{column}_std"] = stats.iloc[1][column]
         rows.append(row)
     return pd.DataFrame(rows).sort_values("lambda").reset_index(drop=True)
 
 
-def run_sweep(cfg: ExperimentConfig, *, trial: int | None = None, out_dir: str | Path = "out_csv") -> pd.DataFrame:
-    """Train every λ of ``cfg.lambda_sweep`` (or one trial of each) and write ``<exp>_sweep.csv`` / ``.png``."""
-    configs = sweep_configs(cfg)
-    results = {lam: trials.run(sub, trial=trial) for lam, sub in configs.items()}
+def validation_means(configs: Mapping[float, ExperimentConfig]) -> dict[float, dict[str, float]]:
+    """Per λ, the mean over its finished trials of every ``<task>_<metric>`` on the validation split."""
+    means: dict[float, dict[str, float]] = {}
+    for lam, cfg in configs.items():
+        rows = []
+        for index in range(cfg.num_trials):
+            path = artifacts.trial_folder(cfg, index) / artifacts.TEST_FILE
+            if path.is_file() and "val" in (result := io.read_json(path)):
+                rows.append({f"{task}_{key}": value for task, metrics in result["val"].items() for key, value in metrics.items()})
+        if rows:
+            means[lam] = pd.DataFrame(rows).mean().to_dict()
+    return means
+
+
+def best_lambda(table: pd.DataFrame, val: Mapping[float, Mapping[str, float]], *,
+                directions: Mapping[str, Mapping[str, bool]], band: tuple[float, float]) -> tuple[float | None, dict[float, float]]:
+    """The λ with the best validation Δm against the smallest λ among those with group sparsity in ``band``.
+
+    ``directions`` are the tasks' ``{metric: higher_is_better}`` (``tasks.directions``).
+    Returns the chosen λ (None when no λ falls in the band) and every λ's validation Δm (%).
+    """
+    if not val:
+        return None, {}
+    reference_lambda = min(val)
+    gains = {lam: report.delta_m(values, val[reference_lambda], directions)["delta_m"] for lam, values in val.items()}
+    sparsity = dict(zip(table["lambda"], table.get("group_sparsity_mean", pd.Series(dtype=float))))
+    low, high = band
+    eligible = [lam for lam in gains if lam in sparsity and low < sparsity[lam] < high]
+    return (max(eligible, key=lambda lam: gains[lam]) if eligible else None), gains
+
+
+def run_sweep(
+    cfg: ExperimentConfig, *, lambdas: Sequence[float] | None = None, trial: int | None = None,
+    out_dir: str | Path = "out_csv", stop: trials.StopRequest = lambda: None,
+) -> pd.DataFrame:
+    """Train every λ (or one trial of each), write ``<exp>_sweep.csv`` / ``.png`` and ``<exp>_best_lambda.json``."""
+    configs = sweep_configs(cfg, lambdas)
+    first = resolve(next(iter(configs.values())))
+    splits = data.build(first)
+    results = {lam: trials.run(sub, trial=trial, splits=splits, stop=stop, out_dir=out_dir) for lam, sub in configs.items()}
     table = sweep_table(results)
+    chosen, gains = best_lambda(table, validation_means(configs), directions=task_registry.directions(cfg.task_list),
+                                band=cfg.best_lambda_band)
+    table["val_delta_m"] = table["lambda"].map(gains)
+    table["best_lambda"] = table["lambda"] == chosen
     out_dir = Path(out_dir)
-    write_text(out_dir / f"{cfg.Experiment_name}_sweep.csv", table.to_csv(index=False))
-    primary = {name: task.primary_metric for name, task in task_registry.build(cfg).items()}
-    figure = plots.sweep_figure(table, primary, title=f"{cfg.Experiment_name}: λ sweep ({cfg.setup}, {cfg.dataset_name})")
+    io.write_text(out_dir / f"{cfg.Experiment_name}_sweep.csv", table.to_csv(index=False))
+    io.write_json(out_dir / f"{cfg.Experiment_name}_best_lambda.json", {
+        "best_lambda": chosen, "rule": "best validation delta_m against the smallest lambda, group sparsity in the band",
+        "band": list(cfg.best_lambda_band), "reference_lambda": min(gains) if gains else None,
+        "val_delta_m": {lambda_tag(lam): gain for lam, gain in gains.items()},
+    })
+    if chosen is None:
+        log.warning("no λ reached a group sparsity inside best_lambda_band %s; no best λ recorded", list(cfg.best_lambda_band))
+    else:
+        log.info("best λ = %s (validation Δm %+.2f %% against λ = %s)", lambda_tag(chosen), gains[chosen], lambda_tag(min(gains)))
+    figure = plots.sweep_figure(table, task_registry.primary_metrics(cfg.task_list),
+                                title=f"{cfg.Experiment_name}: λ sweep ({cfg.setup}, {cfg.dataset_name})")
     plots.save_png(figure, out_dir / f"{cfg.Experiment_name}_sweep.png")
     return table
 
 
 def format_sweep(cfg: ExperimentConfig, table: pd.DataFrame) -> str:
-    """The sweep as a console table: λ, group sparsity and each task's primary metric (mean ± std)."""
-    shown = {"λ": table["lambda"].map(lambda_tag), "trials": table["trials"].astype(int)}
+    """The sweep as a console table: λ, group sparsity, each task's primary metric (mean ± std), validation Δm."""
+    shown: dict[str, Any] = {"λ": table["lambda"].map(lambda_tag), "trials": table["trials"].astype(int)}
     columns = {"group sparsity %": "group_sparsity"}
-    columns.update({f"{name} {task.primary_metric}": f"{name}_{task.primary_metric}"
-                    for name, task in task_registry.build(cfg).items()})
+    columns.update({f"{name} {metric}": f"{name}_{metric}" for name, metric in task_registry.primary_metrics(cfg.task_list).items()})
     for label, column in columns.items():
         scale = 100.0 if column == "group_sparsity" else 1.0
         shown[label] = [f"{scale * m:.4f} ± {scale * s:.4f}" for m, s in zip(table[f"{column}_mean"], table[f"{column}_std"])]
+    if "val_delta_m" in table:
+        shown["val Δm %"] = [f"{value:+.2f}" if pd.notna(value) else "" for value in table["val_delta_m"]]
+        shown["best"] = ["*" if best else "" for best in table["best_lambda"]]
     return pd.DataFrame(shown).to_string(index=False)

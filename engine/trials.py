@@ -1,117 +1,92 @@
-"""The trial loop: ``num_trials`` seeded trials of one experiment, then the result tables."""
+"""The trial loop: ``num_trials`` seeded trials of one experiment, then the result tables.
+
+A trial that diverges (a non-finite loss or gradient) stops at once with one line, keeps its
+last good checkpoints and is marked failed in ``<exp>_trials.csv``; with ``on_trial_failure:
+continue`` (default) the next trial runs and the summary aggregates the finished ones.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import data
-import models
-import optim
-import tasks as task_registry
-from engine import loss_weighting
-from engine.evaluate import positive_rates, test_trial
-from engine.layout import (
-    CONFIG_FILE,
-    GLOBAL_CHECKPOINT,
-    HISTORY_FILES,
-    LAST_CHECKPOINT,
-    LAYER_TABLE,
-    TEST_FILE,
-    task_checkpoint,
-    trial_folder,
-)
-from engine.priors import init_output_biases
-from engine.runtime import resolve_device, seed_everything
+from engine import artifacts
+from engine.evaluate import test_trial
+from engine.runtime import resolve_device
 from engine.trainer import Trainer
+from engine.trial import Trial, build_trial, resolve
 from optim import sparsity
-from utils import checkpoint as ckpt
-from utils import report
-from utils.config import ExperimentConfig, dump, parse_yaml
-from utils.errors import ConfigError
+from utils import config, io, report
+from utils.config import ExperimentConfig
+from utils.errors import ConfigError, NumericalFault
 from utils.logging import RunLogger
 
 log = logging.getLogger("gsmtl")
 
-
-#: Keys that change how a run is executed, not what it computes: a finished trial is reused and
-#: an interrupted one resumed (``checkpoint: true``) across changes of these (and, to resume, of
-#: ``epochs``, so a run can be extended).
-RUN_CONTROL_KEYS = frozenset({"checkpoint", "wandb", "num_workers", "device", "log_every"})
+StopRequest = Callable[[], "str | None"]
 
 
-def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Fill what the data decides (number of segmentation classes) so trial folders rebuild alone."""
-    if cfg.num_seg_classes is not None:
-        return cfg
-    return cfg.model_copy(update={"num_seg_classes": data.describe(cfg).num_seg_classes})
+def run(
+    cfg: ExperimentConfig, *, trial: int | None = None, splits: data.Splits | None = None,
+    stop: StopRequest = lambda: None, out_dir: str | Path = "out_csv",
+) -> list[dict[str, Any]]:
+    """Train and test the experiment's trials (or one of them) and write ``out_csv/<exp>.csv``.
 
-
-def run(cfg: ExperimentConfig, *, trial: int | None = None) -> list[dict[str, float]]:
-    """Train and test the experiment's trials (or one of them) and write ``out_csv/<exp>.csv``."""
+    ``splits`` lets callers that run several experiments on the same data (λ sweeps) decode it once.
+    """
     if trial is not None and not 0 <= trial < cfg.num_trials:
         raise ConfigError(f"--trial {trial}: expected 0 <= trial < num_trials = {cfg.num_trials}")
     cfg = resolve(cfg)
     device = resolve_device(cfg)
-    splits = data.build(cfg)
+    splits = data.build(cfg) if splits is None else splits
     log.info("%s: %d train / %d val / %d test samples on %s", cfg.Experiment_name,
              len(splits.train), len(splits.val), len(splits.test), device)
     for index in range(cfg.num_trials) if trial is None else [trial]:
-        run_trial(cfg, index, splits, device)
-    return write_report(cfg)
+        try:
+            run_trial(cfg, index, splits, device, stop=stop)
+        except NumericalFault as fault:
+            artifacts.mark_failed(artifacts.trial_folder(cfg, index), str(fault))
+            log.error("%s: %s; trial %d marked failed, its last good checkpoints kept", cfg.Experiment_name, fault, index)
+            if cfg.on_trial_failure == "stop":
+                write_report(cfg, out_dir=out_dir)
+                raise
+    return write_report(cfg, out_dir=out_dir)
 
 
-def run_trial(cfg: ExperimentConfig, index: int, splits: data.Splits, device: torch.device) -> dict[str, Any]:
+def run_trial(
+    cfg: ExperimentConfig, index: int, splits: data.Splits, device: torch.device, *, stop: StopRequest = lambda: None,
+) -> dict[str, Any]:
     """Train, test and save one trial; a finished trial of the same config is not trained again."""
-    folder = trial_folder(cfg, index)
-    config_text = dump(cfg)
-    if _stored_config_equals(folder, config_text, ignore=RUN_CONTROL_KEYS) and (folder / TEST_FILE).is_file():
+    folder = artifacts.trial_folder(cfg, index)
+    if artifacts.is_finished(folder, cfg):
         log.info("trial %d already finished in %s; remove the folder to train it again", index, folder)
-        return ckpt.read_json(folder / TEST_FILE)
-    resume = (cfg.checkpoint and (folder / LAST_CHECKPOINT).is_file()
-              and _stored_config_equals(folder, config_text, ignore=RUN_CONTROL_KEYS | {"epochs"}))
-    if cfg.checkpoint and not resume and (folder / LAST_CHECKPOINT).is_file():
+        return io.read_json(folder / artifacts.TEST_FILE)
+    resume = artifacts.can_resume(folder, cfg)
+    if cfg.checkpoint and not resume and (folder / artifacts.LAST_CHECKPOINT).is_file():
         log.warning("trial folder %s holds a run of another config; training trial %d from scratch", folder, index)
-    if not resume:
-        _clear(folder, cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt.write_text(folder / CONFIG_FILE, config_text)
-
-    seed_everything(cfg.seed + index)
-    tasks = task_registry.build(cfg, positive_rates=positive_rates(cfg, splits.train))
-    model = models.build(cfg)
-    init_output_biases(model, tasks, splits.train)
-    model = model.to(device)
-    weighting = loss_weighting.build(cfg.comb_loss, cfg.task_list, cfg.loss_weights).to(device)
-    optimizer = optim.build(cfg, model, extra=list(weighting.parameters()))
-    loaders = {
-        "train": data.loader(splits.train, batch_size=cfg.train_batch_size, shuffle=True,
-                             num_workers=cfg.num_workers, seed=cfg.seed + index, drop_last=len(splits.train) > cfg.train_batch_size),
-        "val": data.loader(splits.val, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=0),
-        "test": data.loader(splits.test, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers, seed=0),
-    }
-    state = ckpt.load(folder / LAST_CHECKPOINT, map_location=device) if resume else None
+    artifacts.open_folder(folder, cfg, resume=resume)
+    state = artifacts.load_last(folder, device) if resume else None
+    trial = build_trial(cfg, splits, index=index, device=device, train=True)
     logger = RunLogger(
-        name=folder.name, group=cfg.Experiment_name, config=cfg.model_dump(mode="json", by_alias=True),
-        mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity, directory=cfg.wandb.dir,
-        resume_id=None if state is None else state.get("wandb_id"),
+        name=folder.name, group=cfg.Experiment_name, config=config.to_dict(cfg), mode=cfg.wandb.mode,
+        project=cfg.wandb.project, entity=cfg.wandb.entity, directory=cfg.wandb.dir,
+        resume_id=None if state is None else state["wandb_id"],
     )
     try:
-        trainer = Trainer(cfg, model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
-                          loaders=loaders, device=device, folder=folder, logger=logger)
+        trainer = Trainer(trial, folder=folder, logger=logger, stop_requested=stop)
         if state is not None:
             trainer.load_state_dict(state)
             log.info("trial %d resumes after epoch %d", index, state["epoch"])
         trainer.fit()
-        result = test_trial(cfg, model, tasks, loaders["test"], folder, device)
-        layers = sparsity.layer_table(model.backbone)
-        ckpt.write_text(folder / LAYER_TABLE, layers.to_csv(index=False))
-        if cfg.group_sparsity:
-            log.info("trial %d, backbone sparsity per layer (%s):\n%s", index, GLOBAL_CHECKPOINT, layers.to_string(index=False))
-        ckpt.write_json(folder / TEST_FILE, result)
+        result = test_trial(trial, folder, {"test": trial.loaders["test"], "val": trial.loaders["val"]})
+        _write_layer_table(trial, folder)
+        io.write_json(folder / artifacts.TEST_FILE, result)
         logger.summary({"test": result["tasks"], "sparsity": result.get("sparsity", {})})
     finally:
         logger.finish()
@@ -119,36 +94,33 @@ def run_trial(cfg: ExperimentConfig, index: int, splits: data.Splits, device: to
     return result
 
 
-def write_report(cfg: ExperimentConfig, out_dir: str | Path = "out_csv") -> list[dict[str, float]]:
-    """Collect every finished trial of the experiment into the two CSV tables."""
-    rows = [
-        report.trial_row(ckpt.read_json(trial_folder(cfg, i) / TEST_FILE), trial=i)
-        for i in range(cfg.num_trials)
-        if (trial_folder(cfg, i) / TEST_FILE).is_file()
-    ]
+def _write_layer_table(trial: Trial, folder: Path) -> None:
+    """Per-layer sparsity of the global best checkpoint, as ``sparsity_layers.csv`` (and the console)."""
+    model = copy.deepcopy(trial.model)
+    weights, _ = artifacts.read_weights(folder, artifacts.GLOBAL_CHECKPOINT, trial.cfg, device=trial.device)
+    artifacts.load_weights(model, weights, source=folder / artifacts.GLOBAL_CHECKPOINT)
+    layers = sparsity.layer_table(model.backbone)
+    io.write_text(folder / artifacts.LAYER_TABLE, layers.to_csv(index=False))
+    if trial.cfg.group_sparsity:
+        log.info("trial %d, backbone sparsity per layer (%s):\n%s", trial.index, artifacts.GLOBAL_CHECKPOINT,
+                 layers.to_string(index=False))
+
+
+def write_report(cfg: ExperimentConfig, out_dir: str | Path = "out_csv") -> list[dict[str, Any]]:
+    """Collect the experiment's finished (and failed) trials into the two CSV tables; returns the finished rows."""
+    rows: list[dict[str, Any]] = []
+    for index in range(cfg.num_trials):
+        folder = artifacts.trial_folder(cfg, index)
+        if (folder / artifacts.TEST_FILE).is_file():
+            rows.append(report.trial_row(io.read_json(folder / artifacts.TEST_FILE), trial=index))
+        elif (reason := artifacts.failure(folder)) is not None:
+            rows.append({"trial": index, "status": "failed", "reason": reason})
+    finished = [row for row in rows if row.get("status", "finished") == "finished"]
     if rows:
         summary, _ = report.write_tables(rows, out_dir=out_dir, name=cfg.Experiment_name)
-        log.info("wrote %s (%d trial(s))", summary, len(rows))
-    return rows
-
-
-def _stored_config_equals(folder: Path, config_text: str, *, ignore: frozenset[str]) -> bool:
-    """Whether the trial folder was written by this config, up to keys in ``ignore`` (only then is it reused)."""
-    if not (folder / CONFIG_FILE).is_file():
-        return False
-    stored = parse_yaml((folder / CONFIG_FILE).read_text(encoding="utf-8"), source=str(folder / CONFIG_FILE))
-    current = parse_yaml(config_text, source="config")
-    if not isinstance(stored, dict):
-        return False
-    return {k: v for k, v in stored.items() if k not in ignore} == {k: v for k, v in current.items() if k not in ignore}
-
-
-def _clear(folder: Path, cfg: ExperimentConfig) -> None:
-    """Remove a previous run's artefacts so a fresh trial never mixes with them."""
-    names = [GLOBAL_CHECKPOINT, LAST_CHECKPOINT, TEST_FILE, LAYER_TABLE, *HISTORY_FILES,
-             *(task_checkpoint(t) for t in cfg.task_list)]
-    for name in names:
-        (folder / name).unlink(missing_ok=True)
+        log.info("wrote %s (%d finished trial(s)%s)", summary, len(finished),
+                 f", {len(rows) - len(finished)} failed" if len(rows) > len(finished) else "")
+    return finished
 
 
 def _short(result: dict[str, Any]) -> str:

@@ -8,6 +8,9 @@ dilation, so :class:`DilatedBasicBlock` rebuilds its two 3x3 convolutions with i
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -74,8 +77,8 @@ def scaled_channels(channels: int, width: float) -> int:
     """
     value = channels * width
     if value >= 8:
-        return int(round(value / 8)) * 8
-    return max(1, int(round(value)))
+        return round(value / 8) * 8
+    return max(1, round(value))
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
@@ -167,14 +170,26 @@ def weights_file(weights: WeightsEnum) -> Path:
 
 
 def _imagenet_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
-    """The cached ImageNet weights, downloaded when missing; offline, a ConfigError says where to put them."""
+    """The cached ImageNet weights, downloaded when missing, hash-checked and loaded with ``weights_only=True``.
+
+    torchvision names its files ``<arch>-<sha256 prefix>.pth``; the prefix is checked against
+    the file's digest before the file is read, and the file holds a plain state_dict, so
+    nothing in it is executed. Offline, a ConfigError says where to put the file.
+    """
     path = weights_file(weights)
+    match = re.search(r"-([a-f0-9]+)\.", path.name)
+    prefix = match.group(1) if match else None
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except (OSError, RuntimeError) as error:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=prefix, progress=False)
+        if prefix is not None and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(prefix):
+            raise RuntimeError(f"its SHA-256 does not start with {prefix}: the file is damaged or not torchvision's")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
         reason = " ".join(str(error).split())
         raise ConfigError(
-            f"config key 'pretrained': cannot load ImageNet weights '{path.name}' ({reason}); "
+            f"config key 'pretrained': cannot load ImageNet weights '{path}' ({reason}); "
             f"download {weights.url} into {path.parent}/ or set pretrained: false"
         ) from None
 

@@ -42,11 +42,19 @@ class DenseHead(nn.Sequential):
         )
 
 
+class TinyMapMaxPool(nn.MaxPool2d):
+    """The study's 2x2 max-pool (floor mode, so odd maps lose their last row as in the study);
+    a map smaller than the window passes unchanged instead of failing (tiny test inputs)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if min(x.shape[-2:]) < 2 else super().forward(x)
+
+
 class ClassificationHead(nn.Module):
     """The study's attribute head: 3x3 conv (64) + ReLU, 2x2 max-pool, global average pool, 64-32-out MLP.
 
     Dropout 0.6 before and 0.4 after the hidden layer. Returns logits of shape N (N x out for
-    ``out_channels > 1``). The max-pool uses ``ceil_mode`` so 1x1 feature maps (tiny inputs) pass.
+    ``out_channels > 1``): the study's head ended in a sigmoid, whose input this logit is.
     """
 
     def __init__(self, in_channels: int, out_channels: int = 1) -> None:
@@ -54,7 +62,7 @@ class ClassificationHead(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, 3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2, 2, ceil_mode=True),
+            TinyMapMaxPool(2, 2),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )

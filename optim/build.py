@@ -1,7 +1,9 @@
-"""The one optimizer of a multi-task model, built from the config, and the knobs the trainer turns."""
+"""The one optimizer of a multi-task model, built from the config's :class:`~utils.config.OptimizerSpec`,
+and the knobs the sparsity schedule turns (λ, the proximal switch, the penalty's value)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,48 +14,33 @@ from torch.optim import Optimizer
 from optim.groups import param_groups
 from optim.prox_adam import ProxAdam
 from optim.sparsity import penalty
-from utils.errors import ConfigError
-
-#: Optimizer names accepted for ``optimizer`` (heads) and ``bb_optimizer`` (backbone).
-KINDS = ("adam", "adamw", "sgd")
+from utils.config import OptimizerSpec
 
 
-def build(cfg: Any, model: nn.Module, *, extra: Iterable[Tensor] = ()) -> Optimizer:
+def build(spec: OptimizerSpec, model: nn.Module, *, extra: Iterable[Tensor] = ()) -> Optimizer:
     """One optimizer for the whole model (see :func:`optim.groups.param_groups` for its groups).
 
     Adam/AdamW on both sides gives one :class:`ProxAdam` whose groups carry their own
     ``decoupled_weight_decay`` (AdamW groups next to Adam groups); SGD on both sides gives
-    ``torch.optim.SGD`` (no proximal step). ``cfg`` needs ``optimizer``, ``optimizer_params``,
-    ``bb_optimizer``, ``bb_optimizer_params`` and ``group_sparsity``.
+    ``torch.optim.SGD`` with Nesterov momentum (the study's), no proximal step. The config
+    schema has already refused the combinations that cannot be built.
     """
-    head_kind = _kind(cfg.optimizer, "optimizer")
-    bb_kind = _kind(cfg.bb_optimizer, "bb_optimizer")
-    bb_params = cfg.bb_optimizer_params
-    if cfg.group_sparsity and bb_kind == "sgd":
-        raise ConfigError("bb_optimizer: 'sgd' has no proximal step for group_sparsity; expected 'adam' or 'adamw'")
-    if (head_kind == "sgd") != (bb_kind == "sgd"):
-        raise ConfigError(
-            f"optimizer / bb_optimizer: {head_kind!r} cannot be mixed with {bb_kind!r}; "
-            "expected both in ('adam', 'adamw') or both 'sgd'"
-        )
-    if cfg.group_sparsity and bb_params.penalty is None:
-        raise ConfigError("bb_optimizer_params.penalty: group_sparsity needs 'l1_l2' or 'group_mcp', got None")
     groups = param_groups(
-        model, bb_params=bb_params, head_params=cfg.optimizer_params, group_sparsity=cfg.group_sparsity, extra=extra
+        model, bb_params=spec.backbone, head_params=spec.head, group_sparsity=spec.group_sparsity, extra=extra,
     )
-    if bb_kind == "sgd":
-        return torch.optim.SGD(groups, lr=bb_params.learning_rate)
+    if spec.backbone_kind == "sgd":
+        return torch.optim.SGD(groups, lr=spec.backbone.learning_rate, nesterov=True)
     for group in groups:
-        kind = bb_kind if group["name"].startswith("backbone") else head_kind
+        kind = spec.backbone_kind if group["name"].startswith("backbone") else spec.head_kind
         group["decoupled_weight_decay"] = kind == "adamw"
-    return ProxAdam(groups, lr=bb_params.learning_rate)
+    return ProxAdam(groups, lr=spec.backbone.learning_rate)
 
 
 def set_lambda(optimizer: Optimizer, value: float) -> int:
     """Set λ of every penalised group (λ schedules); returns how many groups changed."""
     if not value >= 0:
         raise ValueError(f"Invalid lambda_ value: {value}")
-    groups = _penalised(optimizer)
+    groups = penalised(optimizer)
     for group in groups:
         group["lambda_"] = float(value)
     return len(groups)
@@ -61,36 +48,47 @@ def set_lambda(optimizer: Optimizer, value: float) -> int:
 
 def set_prox(optimizer: Optimizer, enabled: bool) -> int:
     """Switch the proximal step of every penalised group (off for a dense warm-up); returns their count."""
-    groups = _penalised(optimizer)
+    groups = penalised(optimizer)
     for group in groups:
         group["prox"] = bool(enabled)
     return len(groups)
 
 
 def penalty_tensor(optimizer: Optimizer) -> Tensor:
-    """Σ over the penalised groups of their penalty at the current weights, differentiable.
+    """Σ over the penalised groups of their penalty at the current weights, as the prox sees it; differentiable.
 
-    For logging, or for adding to the loss when the prox is off; a 0-d zero without such groups.
+    λ_g = λ√|g| with ``reweight`` (|g| the group's size). A 0-d zero without penalised groups.
     """
-    total: Tensor | None = None
-    for group in _penalised(optimizer):
-        value = penalty(
+    total = _zero(optimizer)
+    for group in penalised(optimizer):
+        total = total + penalty(
             group["params"], penalty=group["penalty"], lam=group["lambda_"], gamma=group["gamma"],
             reweight=group["reweight"],
         )
-        total = value if total is None else total + value
-    if total is None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        return torch.zeros((), device=params[0].device if params else None)
     return total
 
 
-def _penalised(optimizer: Optimizer) -> list[dict[str, Any]]:
+def study_penalty_tensor(optimizer: Optimizer) -> Tensor:
+    """The penalty the study added to its loss: λ Σ_g √(input channels of the layer) ‖w_g‖₂ (REFERENCE §9).
+
+    Its weight is the square root of the layer's number of input channels, not of the group's
+    size, and it is the group lasso whatever the prox's penalty; differentiable.
+    """
+    total = _zero(optimizer)
+    for group in penalised(optimizer):
+        for weight in group["params"]:
+            if weight.shape[1] == 0:
+                continue
+            norms = torch.linalg.vector_norm(weight, dim=[d for d in range(weight.ndim) if d != 1])
+            total = total + group["lambda_"] * math.sqrt(weight.shape[1]) * norms.sum()
+    return total
+
+
+def penalised(optimizer: Optimizer) -> list[dict[str, Any]]:
+    """The parameter groups that carry a group penalty."""
     return [group for group in optimizer.param_groups if group.get("penalty") is not None]
 
 
-def _kind(value: Any, key: str) -> str:
-    kind = str(value).lower()
-    if kind not in KINDS:
-        raise ConfigError(f"{key}: {value!r} is not supported; expected one of {', '.join(KINDS)}")
-    return kind
+def _zero(optimizer: Optimizer) -> Tensor:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return torch.zeros((), device=params[0].device if params else None)

@@ -6,15 +6,16 @@ line in :data:`TASKS` (exact names) or :data:`PREFIXED_TASKS` (families such as 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
+from data.celeba_format import CELEBA_TASK_ALIASES
 from tasks import attribute, depth, edge, normals, segmentation
 from tasks.base import Task
-from utils.config import CELEBA_TASK_ALIASES, ExperimentConfig
+from utils.config import ExperimentConfig
 from utils.errors import ConfigError
 
-__all__ = ["PREFIXED_TASKS", "TASKS", "Task", "build", "names"]
+__all__ = ["PREFIXED_TASKS", "TASKS", "Task", "build", "directions", "kind", "names", "primary_metrics"]
 
 TaskBuilder = Callable[[str, ExperimentConfig, Mapping[str, float]], Task]
 
@@ -47,6 +48,21 @@ def build(cfg: ExperimentConfig, *, positive_rates: Mapping[str, float] | None =
     return {name: _builder(name)(name, cfg, rates) for name in cfg.task_list}
 
 
+def kind(name: str) -> type[Task]:
+    """The Task class of ``name``: what it computes and which way is better, without building it."""
+    return _KINDS[_builder(name)]
+
+
+def directions(names: Iterable[str]) -> dict[str, dict[str, bool]]:
+    """Per task, ``{metric: higher_is_better}`` for every metric it computes (for Δm and "best" choices)."""
+    return {name: dict(kind(name).higher_is_better) for name in names}
+
+
+def primary_metrics(names: Iterable[str]) -> dict[str, str]:
+    """Per task, the metric that early stopping, summaries and figures watch."""
+    return {name: kind(name).primary_metric for name in names}
+
+
 def _builder(name: str) -> TaskBuilder:
     if name in TASKS:
         return TASKS[name]
@@ -55,3 +71,13 @@ def _builder(name: str) -> TaskBuilder:
             return builder
     expected = [*TASKS, *(f"{prefix}<attribute>" for prefix in PREFIXED_TASKS)]
     raise ConfigError(f"task_list: unknown task {name!r}; expected one of {expected}")
+
+
+#: Builder -> the Task class it returns.
+_KINDS: Mapping[TaskBuilder, type[Task]] = MappingProxyType({
+    segmentation.build: segmentation.SegmentationTask,
+    depth.build: depth.DepthTask,
+    normals.build: normals.NormalsTask,
+    edge.build: edge.EdgeTask,
+    attribute.build: attribute.AttributeTask,
+})

@@ -9,29 +9,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.functional.classification import binary_auroc
-from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassF1Score
 
+from data.celeba_format import celeba_attribute
 from tasks.base import Task
-from utils.config import ExperimentConfig, celeba_attribute
+from utils.config import ExperimentConfig
 from utils.errors import ConfigError, DataError
 
 PREFIX = "class_"
 
 
-def _f1(hits: Tensor, misses: Tensor) -> Tensor:
-    """F1 = 2·tp / (2·tp + fp + fn), with ``misses`` = fp + fn; 0 when undefined (as scikit-learn)."""
-    denominator = 2 * hits + misses
-    return torch.where(denominator > 0, 2 * hits / denominator.clamp(min=1), 0.0)
-
-
 class AttributeMetric(Metric):
-    """``accuracy`` and ``f1_weighted`` at ``threshold`` on sigmoid(logit); threshold-free ``auroc``.
+    """``accuracy`` and ``f1_weighted`` at ``threshold`` on sigmoid(logit), threshold-free ``auroc``.
 
-    ``f1_weighted`` is scikit-learn's ``f1_score(average="weighted")`` on the two classes: the
-    F1 of each class weighted by its support. The counts are summed on the device; ``auroc``
-    needs every score, so those are kept (as float64 probabilities, which saturate only
-    beyond |logit| ≈ 36) and gathered across processes. ``auroc`` is NaN when a class is absent.
+    torchmetrics' ``BinaryAccuracy``, ``MulticlassF1Score(average="weighted")`` on the two
+    classes (scikit-learn's weighted F1, the study's) and exact ``BinaryAUROC``, fed with
+    probabilities (torchmetrics would otherwise decide per batch whether to apply a sigmoid).
+    A positive prediction is p > threshold (the study wrote p >= threshold; they differ only on
+    ties). ``auroc`` is NaN when the split lacks a class, where it is undefined.
     """
 
     full_state_update = False
@@ -40,37 +35,37 @@ class AttributeMetric(Metric):
     def __init__(self, threshold: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
         self.threshold = threshold
-        self.add_state("stats", torch.zeros(4, dtype=torch.long), dist_reduce_fx="sum")  # tp, fp, fn, tn
-        self.add_state("scores", [], dist_reduce_fx="cat")
-        self.add_state("labels", [], dist_reduce_fx="cat")
+        self.accuracy = BinaryAccuracy(threshold=threshold)
+        self.f1 = MulticlassF1Score(num_classes=2, average="weighted")
+        self.auroc = BinaryAUROC()
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """``pred``: N logits; ``target``: N values 0. or 1."""
-        probability = pred.detach().double().sigmoid().flatten()
-        positive = target.flatten() >= 0.5
-        predicted = probability > self.threshold
-        self.stats += torch.stack([
-            (predicted & positive).sum(),
-            (predicted & ~positive).sum(),
-            (~predicted & positive).sum(),
-            (~predicted & ~positive).sum(),
-        ])
-        self.scores.append(probability)
-        self.labels.append(positive)
+        probability = pred.detach().float().sigmoid().flatten()
+        labels = (target.flatten() >= 0.5).long()
+        self.accuracy.update(probability, labels)
+        self.f1.update((probability > self.threshold).long(), labels)
+        self.auroc.update(probability, labels)
 
     def compute(self) -> dict[str, Tensor]:
-        tp, fp, fn, tn = self.stats.double()
-        total = tp + fp + fn + tn
-        f1_weighted = (_f1(tp, fp + fn) * (tp + fn) + _f1(tn, fp + fn) * (tn + fp)) / total
-        return {"accuracy": (tp + tn) / total, "f1_weighted": f1_weighted, "auroc": self._auroc()}
+        accuracy = self.accuracy.compute().double()
+        positives, negatives = self.accuracy.tp + self.accuracy.fn, self.accuracy.tn + self.accuracy.fp
+        defined = (positives > 0) & (negatives > 0)
+        auroc = self.auroc.compute().double() if bool(defined) else torch.tensor(float("nan"), dtype=torch.float64, device=accuracy.device)
+        return {"accuracy": accuracy, "f1_weighted": self.f1.compute().double(), "auroc": auroc}
 
-    def _auroc(self) -> Tensor:
-        # A list of batches before a distributed sync, one gathered tensor after it.
-        labels = dim_zero_cat(self.labels) if len(self.labels) > 0 else torch.zeros(0, dtype=torch.bool)
-        positives = int(labels.sum())
-        if positives == 0 or positives == labels.numel():
-            return torch.tensor(float("nan"), dtype=torch.float64, device=self.stats.device)
-        return binary_auroc(dim_zero_cat(self.scores), labels.long()).double()
+    def reset(self) -> None:
+        super().reset()
+        for child in self._children():
+            child.reset()
+
+    def merge_state(self, incoming: AttributeMetric) -> None:  # type: ignore[override]
+        """Merge another instance's counts and scores (what a distributed sync does), child by child."""
+        for mine, theirs in zip(self._children(), incoming._children()):
+            mine.merge_state(theirs)
+
+    def _children(self) -> tuple[Metric, Metric, Metric]:
+        return self.accuracy, self.f1, self.auroc
 
 
 class AttributeTask(Task):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 HeadKind = Literal["dense", "classification"]
+
+
+class HeadSpec(NamedTuple):
+    """What a task asks of its head: the head's kind and its number of output channels."""
+
+    kind: HeadKind
+    out_channels: int
 
 
 class Task(ABC):
@@ -29,16 +36,30 @@ class Task(ABC):
         self.name = name
         self.out_channels = out_channels
 
+    @property
+    def head_spec(self) -> HeadSpec:
+        """The head ``models.build`` gives this task."""
+        return HeadSpec(self.head_kind, self.out_channels)
+
+    def predict(self, output: Tensor) -> Tensor:
+        """The task's prediction from its head's raw output (an activation; the identity by default).
+
+        Losses and metrics take predictions. Segmentation and attribute tasks predict logits,
+        which their losses need; regression tasks apply the study's output activation if any.
+        """
+        return output
+
     @abstractmethod
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Scalar loss of a batch; ``pred`` is at the target's resolution, invalid pixels are ignored."""
+        """Scalar loss of a batch of predictions (:meth:`predict`) at the target's resolution; invalid pixels are ignored."""
 
     @abstractmethod
     def metric(self) -> Metric:
         """A new metric whose ``compute()`` gives ``{key: 0-d tensor}`` over everything it was updated with."""
 
     def output_prior(self, targets: Tensor) -> Tensor | None:
-        """Bias of the head's last layer that makes the untrained model predict the best constant.
+        """Bias of the head's last layer that makes the untrained model predict the best constant
+        (through :meth:`predict`).
 
         ``targets`` are stacked training targets. Regression heads start at 0 while depth is in
         metres, and Adam moves a bias by about ``lr`` per step, so without a prior the first

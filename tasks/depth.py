@@ -62,7 +62,11 @@ class DepthMetric(Metric):
 
 
 class DepthTask(Task):
-    """Masked L1 over valid pixels (the study's loss); ``squared=True`` gives masked MSE instead."""
+    """Masked MSE (the study's ``DepthMSELoss``) or L1 over the valid pixels (target > 0).
+
+    With ``sigmoid`` the prediction is sigmoid(output), as the study's model wrapper did for
+    depth normalised by its per-image maximum (values in (0, 1]).
+    """
 
     head_kind = "dense"
     primary_metric = "abs_err"
@@ -70,9 +74,13 @@ class DepthTask(Task):
         {"abs_err": False, "rel_err": False, "rmse": False, "abs_err_norm": False, "rmse_norm": False}
     )
 
-    def __init__(self, name: str, *, squared: bool = False) -> None:
+    def __init__(self, name: str, *, squared: bool = True, sigmoid: bool = False) -> None:
         super().__init__(name, 1)
         self.squared = squared
+        self.sigmoid = sigmoid
+
+    def predict(self, output: Tensor) -> Tensor:
+        return output.sigmoid() if self.sigmoid else output
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         check_same_shape(pred, target, self.name)
@@ -80,16 +88,19 @@ class DepthTask(Task):
         return masked_mean(error.square() if self.squared else error.abs(), target > 0)
 
     def output_prior(self, targets: Tensor) -> Tensor | None:
-        """The median valid depth for L1 (the mean for MSE): the best constant prediction."""
+        """The bias whose prediction is the mean valid depth for MSE (the median for L1): the best constant."""
         valid = targets[targets > 0]
         if valid.numel() == 0:
             return None
-        return (valid.mean() if self.squared else valid.median()).reshape(1)
+        best = valid.mean() if self.squared else valid.median()
+        if self.sigmoid:
+            best = torch.logit(best.clamp(1e-3, 1 - 1e-3))
+        return best.reshape(1)
 
     def metric(self) -> DepthMetric:
         return DepthMetric()
 
 
 def build(name: str, cfg: ExperimentConfig, positive_rates: Mapping[str, float]) -> DepthTask:
-    """The study's depth task (masked L1)."""
-    return DepthTask(name)
+    """The depth task of ``cfg``: ``depth_loss`` (study: mse) and the study's sigmoid on normalised depth."""
+    return DepthTask(name, squared=cfg.depth_loss == "mse", sigmoid=cfg.depth_output == "sigmoid")

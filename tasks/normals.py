@@ -99,24 +99,33 @@ class NormalsTask(Task):
         "cos_sim": True,
     })
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, tanh: bool = False) -> None:
         super().__init__(name, 3)
+        self.tanh = tanh
+
+    def predict(self, output: Tensor) -> Tensor:
+        """tanh(output) with the study's activation (it changes the direction, so it matters), else the output."""
+        return output.tanh() if self.tanh else output
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         check_same_shape(pred, target, self.name)
         return masked_mean(1.0 - _cosine(pred, target), _valid(target))
 
     def output_prior(self, targets: Tensor) -> Tensor | None:
-        """The mean valid normal direction (N x 3 x H x W targets), which minimises the mean 1 − cos."""
+        """A bias whose prediction points along the mean valid normal (N x 3 x H x W targets), which
+        minimises the mean 1 − cos; under tanh, atanh of half that unit vector points the same way."""
         valid = _valid(targets).unsqueeze(1)
         mean = torch.where(valid, targets, 0.0).sum(dim=(0, 2, 3))
         norm = torch.linalg.vector_norm(mean)
-        return None if norm == 0 else mean / norm
+        if norm == 0:
+            return None
+        direction = mean / norm
+        return torch.atanh(0.5 * direction) if self.tanh else direction
 
     def metric(self) -> NormalsMetric:
         return NormalsMetric()
 
 
 def build(name: str, cfg: ExperimentConfig, positive_rates: Mapping[str, float]) -> NormalsTask:
-    """The surface-normal task."""
-    return NormalsTask(name)
+    """The surface-normal task (``normals_activation``: the study's tanh or none)."""
+    return NormalsTask(name, tanh=cfg.normals_activation == "tanh")

@@ -12,11 +12,8 @@ from torchmetrics import Metric
 
 from tasks.base import Task, masked_mean
 from utils.config import ExperimentConfig
+from utils.constants import IGNORE_INDEX
 from utils.errors import ConfigError
-
-IGNORE_INDEX = 255
-#: Classes when ``num_seg_classes`` is not set: NYUD_MT's 40, the study's CelebA 3 (background, hair, face).
-DEFAULT_NUM_CLASSES: Mapping[str, int] = MappingProxyType({"NYU": 40, "celebA": 3})
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -147,6 +144,7 @@ class SegmentationTask(Task):
 
 
 def build(name: str, cfg: ExperimentConfig, positive_rates: Mapping[str, float]) -> SegmentationTask:
-    """The segmentation task of ``cfg`` (classes: ``num_seg_classes`` or the dataset's default)."""
-    num_classes = cfg.num_seg_classes or DEFAULT_NUM_CLASSES[cfg.dataset_name]
-    return SegmentationTask(name, num_classes, loss_name=cfg.seg_loss_fn)
+    """The segmentation task of ``cfg``; ``num_seg_classes`` is resolved from the data first (``engine.trial.resolve``)."""
+    if cfg.num_seg_classes is None:
+        raise ConfigError("config key 'num_seg_classes': not resolved; the engine sets it from the dataset before building tasks")
+    return SegmentationTask(name, cfg.num_seg_classes, loss_name=cfg.seg_loss_fn)

@@ -1,74 +1,33 @@
-"""Atomic artefacts and safe checkpoint loading.
+"""Checkpoints: atomic saves, ``weights_only`` loads, and foreign archives read without running them.
 
-Every file a run leaves is written to a temporary sibling and renamed into place, so a crash
-never leaves a torn file; checkpoints hold tensors and plain data only and load with
-``weights_only=True``.
+Our checkpoints hold state_dicts and plain data only, so they load with ``weights_only=True``.
+The study's checkpoints also pickled the optimizer object itself (its class and the functions
+it referenced), which ``weights_only`` refuses and a plain ``torch.load`` would execute.
+:func:`load_untrusted` reads such an archive with an unpickler of its own that builds only
+tensors and plain containers; every other object it names becomes an inert placeholder that
+records what it was and never calls anything.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import tempfile
-from collections.abc import Callable
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from utils.errors import DataError
+from utils.io import atomic_write
 
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from co-workers
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Atomically write bytes."""
-    return atomic_write(path, lambda stream: stream.write(data))
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Atomically write UTF-8 text."""
-    return write_bytes(path, text.encode("utf-8"))
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Atomically write JSON (indented, for people reading trial folders)."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    """Read JSON, naming the file when it is missing or malformed."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"file '{path}' not found") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"file '{path}' is not valid JSON ({error.msg}, line {error.lineno})") from None
+#: torch's storage class names -> element dtype (the archive names a class per storage).
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
+}
 
 
 def save(obj: dict[str, Any], path: str | Path) -> Path:
@@ -77,11 +36,147 @@ def save(obj: dict[str, Any], path: str | Path) -> Path:
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a missing or torn file names the path."""
+    """Load one of our checkpoints with ``weights_only=True``; a missing, empty or torn file names the path."""
+    path = _existing(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise DataError(f"checkpoint '{path}' cannot be read ({_first_line(error)})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"checkpoint '{path}' holds a {type(state).__name__}; expected a dict with a 'model' state_dict")
+    return state
+
+
+def is_foreign(path: str | Path) -> bool:
+    """Whether the archive names globals that ``weights_only`` refuses (a pickled object, like the study's optimizer)."""
+    path = _existing(path)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return True
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile):
+        return False
+    return False
+
+
+class Placeholder:
+    """An object the archive named but that is never built: its name and arguments, nothing run."""
+
+    qualname = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs, self.state, self.items = args, kwargs, None, []
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._items().append((key, value))
+
+    def append(self, value: Any) -> None:
+        self._items().append(value)
+
+    def extend(self, values: Any) -> None:
+        self._items().extend(values)
+
+    def _items(self) -> list[Any]:
+        """Items the pickle added (an object built without ``__init__`` gets its list here)."""
+        return self.__dict__.setdefault("items", [])
+
+    def __repr__(self) -> str:
+        return f"<not loaded: {self.qualname}>"
+
+
+def load_untrusted(path: str | Path) -> dict[str, Any]:
+    """Read a torch zip archive's tensors and plain containers without executing its pickle.
+
+    Tensors, ``OrderedDict``s, lists, dicts, numbers and strings come back as they were saved
+    (on the CPU); any other object becomes a :class:`Placeholder`. Raises DataError for files
+    that are not torch zip archives.
+    """
+    path = _existing(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl") and name.count("/") == 1]
+            if len(pickles) != 1:
+                raise DataError(f"checkpoint '{path}' is not a torch archive (no single <name>/data.pkl)")
+            prefix = pickles[0][: -len("data.pkl")]
+            state = _ArchiveUnpickler(archive, prefix).load()
+    except zipfile.BadZipFile:
+        raise DataError(f"checkpoint '{path}' is not a torch zip archive (saved by torch < 1.6, or damaged)") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise DataError(f"checkpoint '{path}' cannot be read ({_first_line(error)})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"checkpoint '{path}' holds a {type(state).__name__}; expected a dict with a 'model' state_dict")
+    return state
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Builds tensors from the archive's storages; returns placeholders for every other global."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(archive.open(f"{prefix}data.pkl"))
+        self._archive, self._prefix = archive, prefix
+        self._storages: dict[str, torch.Tensor] = {}
+        order = f"{prefix}byteorder"
+        if order in archive.namelist() and archive.read(order).strip() not in (b"little", b""):
+            raise pickle.UnpicklingError("big-endian archives are not supported")
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "collections" and name == "OrderedDict":
+            return OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if module in ("__builtin__", "builtins") and name in ("dict", "list", "tuple", "set", "frozenset", "int", "float"):
+            return _PlainFactory(name)
+        return type(name, (Placeholder,), {"qualname": f"{module}.{name}"})
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise pickle.UnpicklingError(f"unsupported storage reference {pid!r}")
+        dtype, key = pid[1], str(pid[2])
+        if key not in self._storages:
+            raw = bytearray(self._archive.read(f"{self._prefix}data/{key}"))
+            self._storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return self._storages[key]
+
+
+class _PlainFactory(Placeholder):
+    """A builtin type named as a factory (a defaultdict's ``dict``): recorded, never called."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.qualname = f"builtins.{name}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Placeholder:
+        return Placeholder(*args, **kwargs)
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *_: Any) -> torch.Tensor:
+    """A tensor viewing ``storage`` (a flat tensor of the archive's elements), copied out so it owns its memory."""
+    if not isinstance(storage, torch.Tensor):
+        raise pickle.UnpicklingError("a tensor without storage")
+    return storage.as_strided(tuple(size), tuple(stride), int(offset)).clone()
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, *_: Any) -> Any:
+    """A saved ``nn.Parameter`` as its plain tensor."""
+    return data
+
+
+def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint '{path}' not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise DataError(f"checkpoint '{path}' cannot be read ({str(error).splitlines()[0]})") from None
+    if path.stat().st_size == 0:
+        raise DataError(f"checkpoint '{path}' is empty (0 bytes); expected a torch checkpoint (delete it and retrain)")
+    return path
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,25 +1,36 @@
-"""What every command-line entry point shares: console logging and errors mapped to exit codes."""
+"""What every command-line entry point shares: console logging and errors mapped to exit codes.
+
+A problem the user can fix (config, data, checkpoint) is one line, ``error: <message>``, and
+exit code 2, never a traceback. A diverged run that was asked to stop the experiment
+(``on_trial_failure: stop``) is one line and exit code 1. An interruption exits with 130
+(Ctrl-C) or 143 (SIGTERM) after one line saying how to resume.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, NumericalFault
 from utils.logging import setup_console
+from utils.signals import EXIT_CODES
 
 #: Exit code of a user-fixable problem (bad config, missing data): one line, no traceback.
 EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
 
 
 def main_guard(body: Callable[[], int | None]) -> int:
-    """Run ``body``; a ConfigError/DataError prints ``error: <message>`` and returns 2."""
+    """Run ``body``; user errors print ``error: <message>`` and return 2 (see the module docstring)."""
     setup_console()
     try:
         return body() or 0
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except NumericalFault as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("aborted (second Ctrl-C); the last complete last.pt is kept", file=sys.stderr)
+        return EXIT_CODES["SIGINT"]

@@ -8,36 +8,25 @@ what is allowed, in one line, as a :class:`~utils.errors.ConfigError`.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
 
+from data.celeba_format import CELEBA_ATTRIBUTES, CELEBA_TASK_ALIASES, celeba_attribute
+from utils import yaml_io
 from utils.errors import ConfigError
+
+log = logging.getLogger("gsmtl")
 
 DEFAULT_CONFIG = "config/demo_synthetic.yaml"
 
 NYU_TASKS = ("segmentsemantic", "depth_euclidean", "surface_normal", "edge_texture")
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
-    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones",
-    "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin",
-    "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
-    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
-    "Wearing_Necktie", "Young",
-)
-#: The study's short names for CelebA attributes; any ``class_<Attribute>`` works as well.
-CELEBA_TASK_ALIASES = {
-    "class_male": "Male",
-    "class_smile": "Smiling",
-    "class_eyebrows": "Arched_Eyebrows",
-    "class_glasses": "Eyeglasses",
-}
-
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
@@ -52,40 +41,40 @@ BackboneName = Literal[
 ]
 
 
-def celeba_attribute(task: str) -> str | None:
-    """The CelebA attribute behind a ``class_*`` task name (case-insensitive), or None."""
-    if task in CELEBA_TASK_ALIASES:
-        return CELEBA_TASK_ALIASES[task]
-    if not task.startswith("class_"):
-        return None
-    wanted = task[len("class_"):].lower()
-    return next((name for name in CELEBA_ATTRIBUTES if name.lower() == wanted), None)
-
-
 class _Section(BaseModel):
-    """Unknown keys are errors; the study's aliases (``lambda``) load by name."""
+    """Unknown keys are errors, numbers must be finite; the study's aliases (``lambda``) load by name."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
+
+
+def none_spelling(value: Any) -> Any:
+    """The study's files write ``None`` (a string in YAML 1.1) where they mean no value."""
+    return None if isinstance(value, str) and value.strip().lower() in {"none", "null", ""} else value
 
 
 class OptimizerParams(_Section):
-    """``optimizer_params`` (heads) and ``bb_optimizer_params`` (shared backbone)."""
+    """``optimizer_params`` (heads) and ``bb_optimizer_params`` (shared backbone).
+
+    ``eps`` left out means the default of the optimizer in use: 1e-6 for the study's AdamW
+    under group sparsity, torch's 1e-8 otherwise. ``lambda: None`` (the study's grid-search
+    file) means λ comes from a sweep.
+    """
 
     learning_rate: PosFloat = 1e-4
     betas: tuple[Float, Float] = (0.9, 0.999)
-    eps: PosFloat = 1e-8
+    eps: PosFloat | None = None
     weight_decay: NonNegFloat = 0.0
     momentum: NonNegFloat = 0.9
     penalty: Literal["l1_l2", "group_mcp"] | None = "l1_l2"
-    lambda_: NonNegFloat = Field(0.0, alias="lambda")
+    lambda_: NonNegFloat | None = Field(0.0, alias="lambda")
     gamma: PosFloat = 3.0
     weighted: Bool = True
     reweight: Bool = True
 
-    @field_validator("penalty", mode="before")
+    @field_validator("penalty", "lambda_", mode="before")
     @classmethod
     def _none_spellings(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.lower() in {"none", "null", ""} else value
+        return none_spelling(value)
 
     @field_validator("betas")
     @classmethod
@@ -94,6 +83,23 @@ class OptimizerParams(_Section):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"beta at index {index} must be in [0, 1), got {beta}")
         return value
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What ``optim.build`` needs, resolved once: optimizer kinds and rates of heads and backbone.
+
+    Under ``group_sparsity`` with ``group_sparsity_optimizer: adamw`` (the study) the backbone
+    gets decoupled AdamW with eps 1e-6 whatever ``bb_optimizer`` says, as the study's code did.
+    """
+
+    head_kind: str
+    head: OptimizerParams
+    backbone_kind: str
+    backbone: OptimizerParams
+    group_sparsity: bool
+    scope: str = "backbone"
+    head_lambda: float | None = None
 
 
 class WandbConfig(_Section):
@@ -114,8 +120,22 @@ class SyntheticConfig(_Section):
     seed: Int = 0
 
 
+#: Keys the study's scripts write into the saved ``config_file.yaml`` that change nothing here:
+#: accepted (so the study's trial folders load) and listed once as ignored.
+IGNORED_STUDY_KEYS = ("NYU_num_classes", "flag", "es_loss", "best_lambda")
+#: The λ values the study's grid search trained when its file says ``lambda: None``.
+STUDY_LAMBDA_GRID = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+#: Epsilon of the study's AdamW (proxssi's default) and of torch's Adam.
+STUDY_ADAMW_EPS = 1e-6
+TORCH_ADAM_EPS = 1e-8
+
+
 class ExperimentConfig(_Section):
-    """One experiment: what to train, on which data, with which optimizer, how many trials."""
+    """One experiment: what to train, on which data, with which optimizer, how many trials.
+
+    Defaults follow what the study's code did where its YAML files are silent (REFERENCE §9);
+    where this project keeps a fix, README's "Differences from the study" names the key.
+    """
 
     # The study's keys (REFERENCE §2).
     Experiment_name: str
@@ -148,28 +168,57 @@ class ExperimentConfig(_Section):
     data_dir_NYU: str | None = None
     data_dir_celebA: str | None = None
     lambda_list: list[NonNegFloat] | None = None
+    meta: Bool = False
 
-    # Keys this project adds; defaults keep the study's meaning.
+    # Keys behind choices the study's code hard-coded; the defaults are the study's.
+    lambda_every: PosInt = 10
+    group_sparsity_optimizer: Literal["adamw", "bb_optimizer"] = "adamw"
+    depth_loss: Literal["mse", "l1"] = "mse"
+    depth_normalization: Literal["none", "per_image_max"] = "per_image_max"
+    depth_activation: Literal["auto", "none", "sigmoid"] = "auto"
+    normals_activation: Literal["none", "tanh"] = "tanh"
+    image_normalization: Literal["none", "imagenet"] = "none"
+    class_threshold: Annotated[float, Strict(), Field(gt=0, lt=1)] = 0.4
+    celebA_subset: Literal["first_third", "all"] = "first_third"
+    penalty_in_loss: Bool = False
+
+    # Keys this project adds.
     seed: Int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     wandb: WandbConfig = WandbConfig()
     augmentation: Bool = False
-    depth_normalization: Literal["none", "per_image_max"] = "none"
     backbone_width: PosFloat = 1.0
     head_channels: PosInt = 256
     pretrained: Bool = False
     max_batches_per_epoch: PosInt | None = None
-    penalty_in_loss: Bool = False
     loss_weights: dict[str, NonNegFloat] | None = None
     num_seg_classes: PosInt | None = None
-    class_threshold: Annotated[float, Strict(), Field(gt=0, lt=1)] = 0.5
     class_balance: Bool = False
     celebA_split_file: str | None = None
     lambda_sweep: list[NonNegFloat] | None = None
+    best_lambda_band: tuple[Annotated[float, Strict(), Field(ge=0, le=1)], Annotated[float, Strict(), Field(ge=0, le=1)]] = (0.25, 0.8)
     synthetic: SyntheticConfig | None = None
     log_every: PosInt = 25
     amp: Bool = False
     channels_last: Bool = False
+    sparsity_scope: Literal["backbone", "backbone+head_inputs"] = "backbone"
+    head_lambda: NonNegFloat | None = None
+    on_trial_failure: Literal["continue", "stop"] = "continue"
+    skip_bad_samples: Bool = False
+
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _drop_study_keys(cls, data: Any, handler: Any) -> ExperimentConfig:
+        ignored: tuple[str, ...] = ()
+        if isinstance(data, dict):
+            ignored = tuple(key for key in IGNORED_STUDY_KEYS if key in data)
+            data = {key: value for key, value in data.items() if key not in IGNORED_STUDY_KEYS}
+        cfg = handler(data)
+        if ignored:
+            cfg._ignored = ignored
+        return cfg
 
     @field_validator("optimizer", "bb_optimizer", mode="before")
     @classmethod
@@ -187,7 +236,7 @@ class ExperimentConfig(_Section):
     @classmethod
     def _at_least_one_trial(cls, value: int) -> int:
         if value < 1:
-            raise ValueError(f"must be at least 1, got {value}")
+            raise ValueError(f"must be at least 1, got {value} (the study's example files say 0; set the trials to train, the study trained 5)")
         return value
 
     @model_validator(mode="after")
@@ -202,15 +251,51 @@ class ExperimentConfig(_Section):
             unknown = sorted(set(self.loss_weights) - set(self.task_list))
             if unknown:
                 raise ValueError(f"loss_weights: {unknown} are not in task_list {self.task_list}")
-        if self.group_sparsity and self.bb_optimizer_params.penalty is None:
-            raise ValueError("bb_optimizer_params.penalty: group_sparsity needs 'l1_l2' or 'group_mcp', got None")
+            missing = [task for task in self.task_list if task not in self.loss_weights]
+            if missing:
+                raise ValueError(f"loss_weights: no weight for {missing}; give one per task of task_list (or leave the key out: wt_sum is then the mean)")
+        _check_optimizers(self)
+        if self.depth_activation == "sigmoid" and self.depth_normalization == "none":
+            raise ValueError("depth_activation: 'sigmoid' bounds depth to (0, 1) but depth_normalization 'none' keeps metres; "
+                             "use depth_activation 'auto' or 'none', or depth_normalization 'per_image_max'")
+        low, high = self.best_lambda_band
+        if not low < high:
+            raise ValueError(f"best_lambda_band: expected [low, high] with low < high, got {list(self.best_lambda_band)}")
         return self
+
+    @property
+    def ignored_keys(self) -> tuple[str, ...]:
+        """The study's saved-config keys this config held and ignored (:data:`IGNORED_STUDY_KEYS`)."""
+        return self._ignored
 
     @property
     def image_size(self) -> tuple[int, int]:
         """``input_shape`` as (height, width)."""
         shape = self.input_shape
         return (shape, shape) if isinstance(shape, int) else tuple(shape)
+
+    @property
+    def depth_output(self) -> str:
+        """The depth head's activation: ``auto`` is the study's sigmoid on per-image-max depth, none on metres."""
+        if self.depth_activation != "auto":
+            return self.depth_activation
+        return "sigmoid" if self.depth_normalization == "per_image_max" else "none"
+
+    @property
+    def optimizer_spec(self) -> OptimizerSpec:
+        """The optimizers of heads and backbone, resolved as the study's code chose them (REFERENCE §9)."""
+        study_adamw = self.group_sparsity and self.group_sparsity_optimizer == "adamw"
+        bb_kind = "adamw" if study_adamw else self.bb_optimizer
+        bb_eps = STUDY_ADAMW_EPS if study_adamw else TORCH_ADAM_EPS
+        return OptimizerSpec(
+            head_kind=self.optimizer,
+            head=_with_eps(self.optimizer_params, TORCH_ADAM_EPS),
+            backbone_kind=bb_kind,
+            backbone=_with_eps(self.bb_optimizer_params, bb_eps),
+            group_sparsity=self.group_sparsity,
+            scope=self.sparsity_scope,
+            head_lambda=self.head_lambda,
+        )
 
     @property
     def data_dir(self) -> Path:
@@ -224,6 +309,27 @@ class ExperimentConfig(_Section):
     @property
     def is_multitask(self) -> bool:
         return self.setup == "multitask"
+
+
+def _with_eps(params: OptimizerParams, default: float) -> OptimizerParams:
+    return params if params.eps is not None else params.model_copy(update={"eps": default})
+
+
+def _check_optimizers(cfg: ExperimentConfig) -> None:
+    """Combinations ``optim.build`` cannot honour are config errors, found before any work."""
+    bb_kind = cfg.optimizer_spec.backbone_kind
+    if cfg.group_sparsity:
+        if cfg.bb_optimizer_params.penalty is None:
+            raise ValueError("bb_optimizer_params.penalty: group_sparsity needs 'l1_l2' or 'group_mcp', got None")
+        if bb_kind == "sgd":
+            raise ValueError("bb_optimizer: 'sgd' has no proximal step for group_sparsity; expected 'adam' or 'adamw' "
+                             "(or group_sparsity_optimizer: adamw, the study's choice)")
+        if cfg.bb_optimizer_params.lambda_ is None and not cfg.lambda_sweep:
+            raise ValueError("bb_optimizer_params.lambda: None (the study's grid-search file); set a value, "
+                             "add lambda_sweep, or run main_gridsearch.py")
+    if (cfg.optimizer == "sgd") != (bb_kind == "sgd"):
+        raise ValueError(f"optimizer / bb_optimizer: {cfg.optimizer!r} cannot be mixed with {bb_kind!r}; "
+                         "expected both in ('adam', 'adamw') or both 'sgd'")
 
 
 def _check_task(task: str, dataset: str) -> None:
@@ -245,38 +351,23 @@ def check_data_dir(cfg: ExperimentConfig) -> None:
         )
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML (YAML 1.1) reads ``1e-6`` as a string; the study's files write λ that way."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.?[0-9]*[eE][-+]?[0-9]+$|^[-+]?[0-9][0-9_]*\.[0-9_]*$|^[-+]?\.[0-9_]+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str, *, source: str) -> Any:
-    """Parse YAML text, numbers in scientific notation included, or raise ConfigError."""
-    try:
-        return yaml.load(text, Loader=_YamlLoader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} is not valid YAML ({getattr(error, 'problem', error)})") from None
-
-
 def load(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read, override (``key=value``, dotted for nested keys) and validate an experiment file."""
+    """Read, override (``key=value``, dotted for nested keys) and validate an experiment file.
+
+    The study's saved-config keys that mean nothing here are logged once, as ignored.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; expected a YAML experiment file")
-    raw = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    raw = yaml_io.read(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     for override in overrides:
         _apply_override(raw, override)
-    return validate(raw, source=str(path))
+    cfg = validate(raw, source=str(path))
+    if cfg.ignored_keys:
+        log.info("%s: ignoring %s (keys the study's scripts wrote; they change nothing here)", path, ", ".join(cfg.ignored_keys))
+    return cfg
 
 
 def validate(raw: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
@@ -298,7 +389,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {override!r}: '{part}' is not a section")
         node = child
-    node[parts[-1]] = parse_yaml(text, source=f"--set {key}")
+    node[parts[-1]] = yaml_io.parse(text, source=f"--set {key}")
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -334,7 +425,11 @@ def _closest(loc: Sequence[Any]) -> str | None:
     return match[0] if match else None
 
 
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as plain data (the study's key names), as it is dumped and compared."""
+    return cfg.model_dump(mode="json", by_alias=True)
+
+
 def dump(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML that :func:`load` reads back to an equal config."""
-    data = cfg.model_dump(mode="json", by_alias=True)
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A dataset file or folder is missing or malformed."""
+
+
+class NumericalFault(RuntimeError):
+    """A loss or gradient became NaN/Inf: the trial stops, keeping its last good checkpoints."""

@@ -19,8 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+
 CELL_IN = 2.0
 DPI = 100
 
@@ -43,11 +43,12 @@ _PALETTE = palette()
 _PALETTE.setflags(write=False)
 
 
-def denormalize(image: Tensor) -> np.ndarray:
-    """An ImageNet-normalised 3 x H x W tensor as H x W x 3 floats in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (image.detach().float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+def denormalize(image: Tensor, normalization: str = "none") -> np.ndarray:
+    """A model input 3 x H x W (pixels in [0, 1], or ImageNet-normalised) as H x W x 3 floats in [0, 1]."""
+    pixels = image.detach().float().cpu()
+    if normalization == "imagenet":
+        pixels = pixels * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    return pixels.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def segmentation_colors(labels: np.ndarray) -> np.ndarray:
@@ -110,11 +111,12 @@ DENSE_RENDERERS: Mapping[str, Callable[[Tensor, Tensor], tuple[np.ndarray, np.nd
 
 def prediction_panel(
     images: Tensor, targets: Mapping[str, Tensor], outputs: Mapping[str, Tensor], task_names: Sequence[str],
-    *, max_items: int = 4,
+    *, max_items: int = 4, image_normalization: str = "none",
 ) -> np.ndarray:
     """A grid, one row per item: the input, then ground truth and prediction of each dense task.
 
-    Attribute tasks (``class_*``) appear as ``task: gt <0/1>, p <sigmoid>`` lines above the input.
+    ``outputs`` are the tasks' predictions (``Task.predict``). Attribute tasks (``class_*``)
+    appear as ``task: gt <0/1>, p <sigmoid>`` lines above the input.
 
     Returns:
         uint8 array H x W x 3.
@@ -132,7 +134,7 @@ def prediction_panel(
     for row in range(count):
         lines = [f"{name}: gt {int(truth[name][row])}, p {torch.sigmoid(cpu[name][row].reshape(())).item():.2f}"
                  for name in attributes]
-        _show(axes[row, 0], denormalize(images[row]), "\n".join(["input", *lines]))
+        _show(axes[row, 0], denormalize(images[row], image_normalization), "\n".join(["input", *lines]))
         for column, name in enumerate(dense):
             gt, prediction = DENSE_RENDERERS[name](truth[name][row], cpu[name][row])
             _show(axes[row, 1 + 2 * column], gt, f"{name}\nground truth")

@@ -43,6 +43,10 @@ def make_cfg() -> Callable[..., ExperimentConfig]:
             "data_dir_NYU": str(root),
             "input_shape": [24, 32],
             "num_workers": 0,
+            # The encodings under test are ImageNet-normalised images and depth in metres;
+            # the study's defaults ([0, 1] pixels, per-image-max depth) have tests of their own.
+            "image_normalization": "imagenet",
+            "depth_normalization": "none",
         }
         return validate({**raw, **overrides})
 

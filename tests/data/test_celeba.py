@@ -10,9 +10,10 @@ import torch
 
 from data import celeba
 from data.celeba import CelebAMaskHQ
+from data.celeba_format import CELEBA_ATTRIBUTES
 from data.prepare_celeba import ATTRIBUTE_FILE, SPLIT_FILE, prepare, read_attributes
 from data.synthetic_faces import make_celeba_raw
-from utils.config import CELEBA_ATTRIBUTES, load, validate
+from utils.config import load, validate
 from utils.errors import ConfigError, DataError
 
 TASKS = ["segmentsemantic", "class_male", "class_Eyeglasses"]
@@ -30,7 +31,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(root: Path, **keys):
     return validate({
         "Experiment_name": "celeba_test", "dataset_name": "celebA", "task_list": TASKS,
-        "input_shape": 16, "data_dir_celebA": str(root), **keys,
+        "input_shape": 16, "data_dir_celebA": str(root), "celebA_subset": "all", "image_normalization": "imagenet", **keys,
     })
 
 
@@ -135,3 +136,22 @@ def test_shipped_configs_load_and_the_demo_builds(root: Path) -> None:
     demo = load(REPO / "config" / "demo_synthetic_celeba.yaml", overrides=[f"data_dir_celebA={root}"])
     sample = celeba.build(demo).train[0]
     assert sample["image"].shape == (3, 64, 64) and set(sample["targets"]) == set(demo.task_list)
+
+
+def test_the_studys_first_third_of_each_split(root: Path) -> None:
+    """The study's create_dataset.py served len(split) // 3 samples, the first ones."""
+    full = celeba.build(config(root))
+    third = celeba.build(config(root, celebA_subset="first_third"))
+    for whole, part in zip(full, third):
+        assert part.files == whole.files[: len(whole.files) // 3]
+
+
+def test_the_split_file_is_also_found_where_the_study_kept_it(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    written = json.loads((copy / SPLIT_FILE).read_text())
+    (copy / SPLIT_FILE).unlink()
+    study_split = {"train": written["train"][:3], "val": written["val"], "test": written["test"]}
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / SPLIT_FILE).write_text(json.dumps(study_split))
+    monkeypatch.chdir(tmp_path)  # the study ran from its code folder, which held dataset/celebA_datasplit.json
+    assert celeba.build(config(copy)).train.files == study_split["train"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import data
-from data.build import SYNTHETIC_MARKER, holdout
+from data.datasets import SYNTHETIC_MARKER, holdout
 from data.cache import DenseDataset
 from data.nyud import Source
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -216,3 +216,24 @@ def test_celeba_dispatches_to_its_module_lazily(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setitem(sys.modules, "data.celeba", fake)
     cfg = make_cfg(tmp_path, dataset_name="celebA", task_list=["segmentsemantic"], data_dir_celebA=str(tmp_path))
     assert data.describe(cfg) == ("described", "celebA") and data.build(cfg) == ("built", "celebA")
+
+
+def test_meta_selects_the_meta_gt_sets_folder(nyud_copy: Path, make_cfg) -> None:
+    """The study's saved configs carry 'meta'; with it set, its loader read meta_gt_sets/."""
+    meta = nyud_copy / "meta_gt_sets"
+    meta.mkdir()
+    train = (nyud_copy / "gt_sets" / "train.txt").read_text().split()
+    (meta / "train.txt").write_text("\n".join(train[:4]) + "\n")
+    (meta / "val.txt").write_text((nyud_copy / "gt_sets" / "val.txt").read_text())
+    (meta / "test.txt").write_text("\n".join(train[4:6]) + "\n")
+    splits = data.build(make_cfg(nyud_copy, meta=True))
+    assert splits.train.keys == train[:4] and splits.test.keys == train[4:6]
+    assert len(data.build(make_cfg(nyud_copy)).train) > 4  # meta: false (the default) keeps gt_sets/
+
+
+def test_the_studys_defaults_give_unit_pixels_and_per_image_max_depth(nyud_root: Path, make_cfg) -> None:
+    cfg = make_cfg(nyud_root, image_normalization="none", depth_normalization="per_image_max")
+    sample = data.build(cfg).train[0]
+    image, depth = sample["image"], sample["targets"]["depth_euclidean"]
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0  # ToTensor, no ImageNet statistics
+    assert float(depth.max()) == pytest.approx(1.0) and float(depth.min()) == 0.0  # invalid pixels stay 0

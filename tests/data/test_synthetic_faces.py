@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data import synthetic_faces
+from data.celeba_format import CELEBA_ATTRIBUTES
 from data.prepare_celeba import (
     ATTRIBUTE_FILE,
     IMAGE_DIR,
@@ -18,7 +19,6 @@ from data.prepare_celeba import (
     read_attributes,
 )
 from data.synthetic_faces import make_celeba_raw, sample_face
-from utils.config import CELEBA_ATTRIBUTES
 
 
 @pytest.fixture(scope="module")

@@ -80,9 +80,11 @@ def test_resize_uses_nearest_for_labels_depth_and_normals() -> None:
 def test_to_sample_encodes_and_copies() -> None:
     fields = striped_fields()
     fields[T.NORMALS][:, 0, 0] = 0.0
-    sample = T.to_sample(fields, depth_normalization="none")
+    sample = T.to_sample(fields, depth_normalization="none", image_normalization="imagenet")
     image = sample["image"] * torch.tensor(T.IMAGENET_STD).view(3, 1, 1) + torch.tensor(T.IMAGENET_MEAN).view(3, 1, 1)
     torch.testing.assert_close(image * 255.0, fields[T.IMAGE].float(), atol=1e-3, rtol=0)
+    study = T.to_sample(fields)  # the study's ToTensor: pixels in [0, 1], nothing else
+    torch.testing.assert_close(study["image"], fields[T.IMAGE].float() / 255.0)
     targets = sample["targets"]
     assert targets[T.SEGMENTATION].shape == (H, W) and targets[T.SEGMENTATION].dtype == torch.int64
     assert targets[T.NORMALS][:, 0, 0].abs().sum() == 0

@@ -26,6 +26,7 @@ def test_uncertainty_log_vars_receive_gradients() -> None:
 def test_sum_and_weighted_sum() -> None:
     losses = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
     assert loss_weighting.build("sum", ["a", "b"])(losses).item() == 5.0
-    assert loss_weighting.build("wt_sum", ["a", "b"], {"a": 0.5})(losses).item() == 4.0
+    assert loss_weighting.build("wt_sum", ["a", "b"], {"a": 0.5, "b": 1.0})(losses).item() == 4.0
+    assert loss_weighting.build("wt_sum", ["a", "b"])(losses).item() == 2.5  # the study's wt_sum: the mean
     single = loss_weighting.build("uncertainity", ["a"])
     assert list(single.parameters()) == [] and single({"a": torch.tensor(2.0)}).item() == 2.0

@@ -2,9 +2,8 @@
 
 import torch
 
-import models
-import tasks as task_registry
 from engine.priors import init_output_biases
+from engine.trial import build_trial
 from utils import config
 
 
@@ -27,15 +26,31 @@ def build(dataset: str, task_list: list[str], **extra):
         "Experiment_name": "p", "dataset_name": dataset, "task_list": task_list, "backbone": "resnetd18",
         "backbone_width": 0.125, "head_channels": 8, "num_seg_classes": 3, **extra,
     })
-    return models.build(cfg), task_registry.build(cfg, positive_rates={"class_male": 0.3})
+    trial = build_trial(cfg, device=torch.device("cpu"))
+    if cfg.class_balance:
+        trial.tasks["class_male"].balance, trial.tasks["class_male"].pos_weight = True, 7 / 3
+    return trial.model, trial.tasks
 
 
-def test_depth_head_starts_at_the_median_valid_depth() -> None:
+def test_depth_head_starts_at_the_best_constant_of_its_loss() -> None:
     data = TinyDataset()
-    model, tasks = build("NYU", ["depth_euclidean"])
-    init_output_biases(model, tasks, data)
     depth = data.depth
-    assert torch.allclose(model.output_layer("depth_euclidean").bias, depth[depth > 0].median().reshape(1))
+    valid = depth[depth > 0]
+    model, tasks = build("NYU", ["depth_euclidean"], depth_loss="l1", depth_normalization="none")
+    init_output_biases(model, tasks, data)
+    assert torch.allclose(model.output_layer("depth_euclidean").bias, valid.median().reshape(1))
+    model, tasks = build("NYU", ["depth_euclidean"], depth_loss="mse", depth_normalization="none")
+    init_output_biases(model, tasks, data)
+    assert torch.allclose(model.output_layer("depth_euclidean").bias, valid.mean().reshape(1))
+
+
+def test_a_sigmoid_depth_head_predicts_the_mean_through_its_activation() -> None:
+    data = TinyDataset()
+    data.depth = data.depth / 6  # per-image-max-like values in (0, 1)
+    model, tasks = build("NYU", ["depth_euclidean"])  # the study's mse on normalised depth with a sigmoid
+    init_output_biases(model, tasks, data)
+    predicted = tasks["depth_euclidean"].predict(model.output_layer("depth_euclidean").bias)
+    assert torch.allclose(predicted, data.depth[data.depth > 0].mean().reshape(1), atol=1e-6)
 
 
 def test_attribute_head_starts_at_the_prior_logit_unless_balanced() -> None:
@@ -55,5 +70,9 @@ def test_normals_head_starts_at_the_mean_valid_direction() -> None:
     targets = torch.zeros(2, 3, 1, 2)
     targets[0, :, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
     targets[1, :, 0, 0] = torch.tensor([0.0, 0.0, 1.0])  # the (0, 0, 0) pixels are invalid
+    direction = torch.tensor([1.0, 0.0, 1.0]) / 2**0.5
     prior = normals.NormalsTask("surface_normal").output_prior(targets)
-    assert torch.allclose(prior, torch.tensor([1.0, 0.0, 1.0]) / 2**0.5)
+    assert torch.allclose(prior, direction)
+    under_tanh = normals.NormalsTask("surface_normal", tanh=True)
+    predicted = under_tanh.predict(under_tanh.output_prior(targets))
+    assert torch.allclose(predicted / predicted.norm(), direction, atol=1e-6)

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import data
-from engine import trials
-from engine.layout import LAST_CHECKPOINT
+from engine import artifacts, trials
+from engine.artifacts import LAST_CHECKPOINT
+from engine.trial import resolve
 from tests import tiny
 from utils import checkpoint as ckpt
-from utils import config
+from utils import config, io
 
 
 def tiny_config(tmp: Path, **changes) -> config.ExperimentConfig:
@@ -32,12 +33,12 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[config.Experimen
 def test_trial_folders_hold_the_studys_files(finished) -> None:
     cfg, _, _ = finished
     for i in range(2):
-        folder = trials.trial_folder(cfg, i)
+        folder = artifacts.trial_folder(cfg, i)
         names = {p.name for p in folder.iterdir()}
         assert {"config_file.yaml", "checkpoint.pt", "last.pt", "training_dict.json", "validation_dict.json",
                 "test_dict.json", "sparsity_layers.csv"} <= names
         assert config.load(folder / "config_file.yaml").num_seg_classes == 40
-        history = ckpt.read_json(folder / "validation_dict.json")
+        history = io.read_json(folder / "validation_dict.json")
         assert len(history["loss"]["total"]) == 2
         assert set(history["metric"]) == set(cfg.task_list)
 
@@ -55,9 +56,9 @@ def test_tables_have_mean_std_and_per_trial_rows(finished) -> None:
 def test_finished_trial_is_not_trained_again(finished, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, out, _ = finished
     monkeypatch.chdir(out.parent)
-    stamp = (trials.trial_folder(cfg, 0) / "checkpoint.pt").stat().st_mtime_ns
+    stamp = (artifacts.trial_folder(cfg, 0) / "checkpoint.pt").stat().st_mtime_ns
     trials.run(cfg, trial=0)
-    assert (trials.trial_folder(cfg, 0) / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert (artifacts.trial_folder(cfg, 0) / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
 def test_backbone_runs_once_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,14 +69,14 @@ def test_backbone_runs_once_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyP
     training_calls = []
     original = models.build
 
-    def counting_build(c):
-        model = original(c)
+    def counting_build(c, heads):
+        model = original(c, heads)
         model.backbone.register_forward_hook(lambda module, *_: training_calls.append(1) if module.training else None)
         return model
 
     monkeypatch.setattr(models, "build", counting_build)
     trials.run(cfg)
-    splits = data.build(trials.resolve(cfg))
+    splits = data.build(resolve(cfg))
     assert len(training_calls) == len(splits.train) // cfg.train_batch_size  # three tasks, one pass
 
 
@@ -86,11 +87,11 @@ def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     trials.run(straight)
     interrupted = tiny_config(tmp_path / "b", num_trials=1, epochs=2, augmentation=True, num_workers=workers)
     trials.run(interrupted)
-    (trials.trial_folder(interrupted, 0) / "test_dict.json").unlink()
+    (artifacts.trial_folder(interrupted, 0) / "test_dict.json").unlink()
     resumed = tiny_config(tmp_path / "b", num_trials=1, epochs=3, augmentation=True, checkpoint=True, num_workers=workers)
     trials.run(resumed)
-    a = ckpt.load(trials.trial_folder(straight, 0) / LAST_CHECKPOINT)
-    b = ckpt.load(trials.trial_folder(resumed, 0) / LAST_CHECKPOINT)
+    a = ckpt.load(artifacts.trial_folder(straight, 0) / LAST_CHECKPOINT)
+    b = ckpt.load(artifacts.trial_folder(resumed, 0) / LAST_CHECKPOINT)
     assert a["epoch"] == b["epoch"] == 2
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
@@ -104,18 +105,18 @@ def test_changed_config_never_resumes_or_reuses_an_old_run(tmp_path: Path, monke
     dense = tiny_config(tmp_path, num_trials=1, epochs=1, checkpoint=True, group_sparsity=False, bb_optimizer_params=strong)
     second = trials.run(dense)
     assert first[0]["group_sparsity"] > 0 and second[0]["group_sparsity"] == 0
-    assert config.load(trials.trial_folder(dense, 0) / "config_file.yaml").group_sparsity is False
+    assert config.load(artifacts.trial_folder(dense, 0) / "config_file.yaml").group_sparsity is False
 
 
 def test_resuming_a_stopped_run_trains_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config(tmp_path, num_trials=1, epochs=2)
     trials.run(cfg)
-    folder = trials.trial_folder(cfg, 0)
+    folder = artifacts.trial_folder(cfg, 0)
     state = ckpt.load(folder / LAST_CHECKPOINT)
-    state["stopper"]["stopped"] = True  # as if the run died while testing after its early stop
+    state["stopping"]["total"]["stopped"] = True  # as if the run died while testing after its early stop
     ckpt.save(state, folder / LAST_CHECKPOINT)
     (folder / "test_dict.json").unlink()
     trials.run(tiny_config(tmp_path, num_trials=1, epochs=4, checkpoint=True))
-    assert len(ckpt.read_json(folder / "validation_dict.json")["loss"]["total"]) == 2
+    assert len(io.read_json(folder / "validation_dict.json")["loss"]["total"]) == 2
     assert (folder / "test_dict.json").is_file()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from data.synthetic import make_nyud
-from engine import trials
+from engine import artifacts, trials
 from tests import tiny
 from utils import config
 
@@ -32,7 +32,7 @@ class Trained:
     cfg: config.ExperimentConfig
 
     def folder(self, trial: int) -> Path:
-        return trials.trial_folder(self.cfg, trial)
+        return artifacts.trial_folder(self.cfg, trial)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,8 @@ import pytest
 
 import get_outputs
 import tasks as task_registry
-from engine.evaluate import find_trials
-from utils import checkpoint as ckpt
-from utils import report
+from engine.artifacts import default_runs_dirs, find_trials
+from utils import io, report
 from utils.errors import ConfigError, DataError
 
 NAME = "tiny_mtl"  # conftest's experiment
@@ -22,28 +21,45 @@ def run(trained, out: Path, *args: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def tables(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
+def tables(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """(summary, per-trial) tables of the trained experiment, and the folder they were written to."""
     out = tmp_path_factory.mktemp("out_csv")
-    assert run(trained, out, "--exp_name", f"{NAME}_") == 0
-    return pd.read_csv(out / f"{NAME}.csv"), pd.read_csv(out / f"{NAME}_trials.csv")
+    assert run(trained, out, "--exp_name", f"{NAME}_", "--columns", "study") == 0
+    assert not (out / f"{NAME}.csv").exists()  # the table is named as typed, trailing underscore kept
+    return pd.read_csv(out / f"{NAME}_.csv"), pd.read_csv(out / f"{NAME}__trials.csv"), out
 
 
 def test_tables_hold_every_metric_sparsity_and_cost(trained, tables) -> None:
-    summary, per_trial = tables
+    summary, per_trial, _ = tables
     assert len(summary) == 1 and per_trial["trial"].tolist() == [0, 1]
-    metric_columns = [f"{name}_{metric}" for name, task in task_registry.build(trained.cfg).items()
-                      for metric in task.higher_is_better]
+    metric_columns = [f"{name}_{metric}" for name, metrics in task_registry.directions(trained.cfg.task_list).items()
+                      for metric in metrics]
     cost_columns = ["model_params", "model_size_mb", "gflops", "latency_ms_batch1", "latency_ms_batch8"]
     for column in [*metric_columns, *report.SPARSITY_COLUMNS, *cost_columns]:
         assert per_trial[column].notna().all(), column
         assert " ± " in summary.loc[0, column], column
     assert (per_trial["gflops"] > 0).all() and (per_trial["latency_ms_batch1"] > 0).all()
+    assert summary.loc[0, "n_trials"] == 2 and (per_trial["status"] == "finished").all()
+
+
+def test_study_columns_units_and_order(trained, tables) -> None:
+    _, per_trial, out = tables
+    study = pd.read_csv(out / f"{NAME}__study.csv")
+    assert list(study.columns) == [
+        "segmentsemantic_IoU", "depth_euclidean_mae", "depth_euclidean_rmse", "surface_normal_cos_similarity",
+        "surface_normal_Angle Mean", "surface_normal_Angle Median", "surface_normal_Angle RMSE", "surface_normal_Angle 11.25",
+        "surface_normal_Angle 22.5", "surface_normal_Angle 30", "surface_normal_Angle 45", "gp_spar_value", "param_spar_value",
+    ]
+    mean = float(study.loc[0, "gp_spar_value"].split(" ± ")[0])
+    assert mean == pytest.approx(100 * per_trial["group_sparsity"].mean(), abs=1e-4)  # in %, as the study wrote it
+    mse = float(study.loc[0, "depth_euclidean_rmse"].split(" ± ")[0])
+    assert mse == pytest.approx((per_trial["depth_euclidean_rmse_norm"] ** 2).mean(), abs=1e-4)  # the study's "rmse" was the MSE
 
 
 def test_evaluation_reproduces_the_test_numbers_of_training(trained, tables) -> None:
-    _, per_trial = tables
+    _, per_trial, _ = tables
     for trial in (0, 1):
-        stored = ckpt.read_json(trained.folder(trial) / "test_dict.json")
+        stored = io.read_json(trained.folder(trial) / "test_dict.json")
         for name, metrics in stored["tasks"].items():
             for metric, value in metrics.items():
                 assert per_trial.loc[trial, f"{name}_{metric}"] == pytest.approx(value, rel=1e-5, abs=1e-6)
@@ -53,13 +69,46 @@ def test_evaluation_reproduces_the_test_numbers_of_training(trained, tables) -> 
 def test_both_folder_spellings_and_sub_folders_are_found(tmp_path: Path) -> None:
     for name in ("a_trial_0", "nested/atrial_1", "ab_trial_0", "a_trial_x"):
         (tmp_path / name).mkdir(parents=True)
-    assert find_trials("a_", runs_dir=tmp_path) == {0: tmp_path / "a_trial_0", 1: tmp_path / "nested" / "atrial_1"}
-    assert find_trials(str(tmp_path / "a"), runs_dir="elsewhere", num_trials=1) == {0: tmp_path / "a_trial_0"}
+    assert find_trials("a", runs_dirs=[tmp_path]) == {0: tmp_path / "a_trial_0", 1: tmp_path / "nested" / "atrial_1"}
+    assert find_trials("a_", runs_dirs=[tmp_path]) == {0: tmp_path / "a_trial_0"}  # "a_" + "trial_0"
+    assert find_trials(str(tmp_path / "a"), runs_dirs=["elsewhere"], num_trials=1) == {0: tmp_path / "a_trial_0"}
     (tmp_path / "atrial_0").mkdir()
     with pytest.raises(DataError, match="several folders"):
-        find_trials("a", runs_dir=tmp_path)
+        find_trials("a", runs_dirs=[tmp_path])
     with pytest.raises(ConfigError, match="--num_trials 0"):
-        find_trials("a", runs_dir=tmp_path, num_trials=0)
+        find_trials("a", runs_dirs=[tmp_path], num_trials=0)
+
+
+def test_names_ending_in_underscores_are_taken_as_typed(tmp_path: Path) -> None:
+    """The study's CelebA file names its experiment '11_1_multi_male_smile_1e5__': folders get a third '_'."""
+    for name in ("11_1_multi_male_smile_1e5___trial_0", "11_1_multi_male_smile_1e5___trial_1", "11_1_multi_male_smile_1e5_trial_0"):
+        (tmp_path / name).mkdir()
+    found = find_trials("11_1_multi_male_smile_1e5__", runs_dirs=[tmp_path])
+    assert found == {i: tmp_path / f"11_1_multi_male_smile_1e5___trial_{i}" for i in (0, 1)}
+    grid = tmp_path / "GridSearch_8_lambda_1e-07"  # the study's grid search: one folder per λ, no trial suffix
+    grid.mkdir()
+    (grid / "config_file.yaml").write_text("Experiment_name: x\n")
+    assert find_trials("GridSearch_8_lambda_1e-07", runs_dirs=[tmp_path], num_trials=1) == {0: grid}
+
+
+def test_default_runs_dirs_are_runs_and_the_configs_checkpoint_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "results" / "runs").mkdir(parents=True)
+    (tmp_path / "config" / "exp.yaml").write_text("'checkpoint_folder': 'results/runs/'\n")
+    (tmp_path / "config" / "other.yaml").write_text("'checkpoint_folder': 'not/there/'\n")
+    assert default_runs_dirs() == [(tmp_path / "results" / "runs").resolve()]
+    (tmp_path / "runs").mkdir()
+    assert default_runs_dirs() == [(tmp_path / "runs").resolve(), (tmp_path / "results" / "runs").resolve()]
+
+
+def test_an_evaluation_never_overwrites_the_training_table(trained, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{NAME}.csv").write_text("training table\n")
+    assert run(trained, out, "--exp_name", NAME, "--num_trials", "1") == 0
+    assert (out / f"{NAME}.csv").read_text() == "training table\n"
+    assert (out / f"{NAME}_eval.csv").is_file() and (out / f"{NAME}_eval_trials.csv").is_file()
 
 
 def test_missing_trial_exits_2_naming_it(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -81,7 +130,7 @@ def test_moved_data_needs_data_dir(trained, tmp_path: Path, capsys: pytest.Captu
         assert run(trained, tmp_path, "--exp_name", NAME, "--num_trials", "1", "--data_dir", str(moved)) == 0
     finally:
         moved.rename(trained.data_dir)
-    assert pd.read_csv(tmp_path / f"{NAME}_trials.csv")["trial"].tolist() == [0]
+    assert pd.read_csv(tmp_path / f"{NAME}_eval_trials.csv")["trial"].tolist() == [0]
 
 
 def test_delta_m_against_single_task_baselines(trained, tmp_path: Path) -> None:
@@ -90,14 +139,15 @@ def test_delta_m_against_single_task_baselines(trained, tmp_path: Path) -> None:
     # Three single-task experiments, written the two ways the project writes tables.
     pd.DataFrame({"trial": [0, 1], "segmentsemantic_mIoU": [0.04, 0.06], "segmentsemantic_pixel_acc": [0.1, 0.3],
                   "group_sparsity": [0.5, 0.5]}).to_csv(tmp_path / "seg_trials.csv", index=False)
-    pd.DataFrame({"depth_euclidean_abs_err": ["1.5000 ± 0.1000"], "group_sparsity": ["0.1 ± 0.0"]}).to_csv(
-        tmp_path / "depth.csv", index=False)
+    pd.DataFrame({"depth_euclidean_abs_err": ["1.5123 ± 0.1000"], "group_sparsity": ["0.1 ± 0.0"]}).to_csv(
+        tmp_path / "depth.csv", index=False)  # a rounded summary: its _trials.csv beside it is read instead
+    pd.DataFrame({"trial": [0, 1], "depth_euclidean_abs_err": [1.4, 1.6]}).to_csv(tmp_path / "depth_trials.csv", index=False)
     pd.DataFrame({"trial": [0], "surface_normal_mean": [40.0], "surface_normal_within_11.25": [10.0]}).to_csv(
         tmp_path / "sn_trials.csv", index=False)
     baselines = [str(tmp_path / n) for n in ("seg_trials.csv", "depth.csv", "sn_trials.csv")]
     assert run(trained, tmp_path, "--exp_name", NAME, "--num_trials", "1", "--baseline", *baselines) == 0
 
-    row = pd.read_csv(tmp_path / f"{NAME}_trials.csv").iloc[0]
+    row = pd.read_csv(tmp_path / f"{NAME}_eval_trials.csv").iloc[0]
     seg = ((row["segmentsemantic_mIoU"] - 0.05) / 0.05 + (row["segmentsemantic_pixel_acc"] - 0.2) / 0.2) / 2 * 100
     depth = (1.5 - row["depth_euclidean_abs_err"]) / 1.5 * 100
     normals = ((40.0 - row["surface_normal_mean"]) / 40.0 + (row["surface_normal_within_11.25"] - 10.0) / 10.0) / 2 * 100
@@ -109,10 +159,13 @@ def test_delta_m_against_single_task_baselines(trained, tmp_path: Path) -> None:
 
 
 def test_baseline_errors_name_the_file(tmp_path: Path) -> None:
-    pd.DataFrame({"seg_mIoU": [0.5]}).to_csv(tmp_path / "a.csv", index=False)
-    pd.DataFrame({"seg_mIoU": ["0.5 ± 0.1"]}).to_csv(tmp_path / "b.csv", index=False)
-    with pytest.raises(DataError, match="b.csv"):
-        report.read_baseline([tmp_path / "a.csv", tmp_path / "b.csv"], tasks=["seg"])
+    pd.DataFrame({"seg_mIoU": [0.5]}).to_csv(tmp_path / "a_trials.csv", index=False)
+    pd.DataFrame({"seg_mIoU": [0.4]}).to_csv(tmp_path / "b_trials.csv", index=False)
+    with pytest.raises(DataError, match="b_trials.csv"):
+        report.read_baseline([tmp_path / "a_trials.csv", tmp_path / "b_trials.csv"], tasks=["seg"])
+    pd.DataFrame({"seg_mIoU": ["0.5 ± 0.1"]}).to_csv(tmp_path / "c.csv", index=False)
+    with pytest.raises(DataError, match="c_trials.csv"):
+        report.read_baseline([tmp_path / "c.csv"], tasks=["seg"])  # a summary without its numbers beside it
     with pytest.raises(DataError, match="missing.csv"):
         report.read_baseline([tmp_path / "missing.csv"], tasks=["seg"])
     with pytest.raises(DataError, match="no baseline for task 'depth'"):

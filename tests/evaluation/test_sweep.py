@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import pandas as pd
 import pytest
 import yaml
@@ -30,17 +32,39 @@ def test_sweep_runs_each_lambda_and_sparsity_grows(tiny_config, nyud: Path, tmp_
     sparsity = table["group_sparsity_mean"].tolist()
     assert sparsity[0] == 0 and sparsity[0] < sparsity[1] < sparsity[2], sparsity
     assert (tmp_path / "out_csv" / "tiny_sweep_sweep.png").stat().st_size > 0
-    for tag in ("0", "0.01", "0.1"):
-        assert (tmp_path / "runs" / f"tiny_sweep_lambda{tag}_trial_0" / "test_dict.json").is_file()
-    assert (tmp_path / "out_csv" / "tiny_sweep_lambda0.1.csv").is_file()
+    for tag in ("0.0", "0.01", "0.1"):  # the study's naming: <name>_lambda_<str(λ)>
+        assert (tmp_path / "runs" / f"tiny_sweep_lambda_{tag}_trial_0" / "test_dict.json").is_file()
+    assert (tmp_path / "out_csv" / "tiny_sweep_lambda_0.1.csv").is_file()
+    chosen = json.loads((tmp_path / "out_csv" / "tiny_sweep_best_lambda.json").read_text())
+    assert chosen["band"] == [0.25, 0.8] and chosen["reference_lambda"] == 0.0
+    assert table["val_delta_m"].iloc[0] == pytest.approx(0.0)  # the smallest λ against itself
+    in_band = table[(table["group_sparsity_mean"] > 0.25) & (table["group_sparsity_mean"] < 0.8)]
+    expected = None if in_band.empty else float(in_band.loc[in_band["val_delta_m"].idxmax(), "lambda"])
+    assert chosen["best_lambda"] == expected
+    assert table["best_lambda"].sum() == (expected is not None)
+
+
+def test_best_lambda_is_the_best_validation_delta_m_inside_the_band() -> None:
+    table = pd.DataFrame({"lambda": [1e-7, 1e-6, 1e-5, 1e-4], "group_sparsity_mean": [0.1, 0.3, 0.6, 0.9]})
+    val = {  # depth error: lower is better; mIoU: higher is better
+        1e-7: {"seg_mIoU": 0.50, "depth_abs_err": 1.0},
+        1e-6: {"seg_mIoU": 0.52, "depth_abs_err": 1.2},   # Δm = (+4 − 20) / 2 = −8 %
+        1e-5: {"seg_mIoU": 0.49, "depth_abs_err": 0.9},   # Δm = (−2 + 10) / 2 = +4 %
+        1e-4: {"seg_mIoU": 0.70, "depth_abs_err": 0.5},   # best of all, but outside the band
+    }
+    directions = {"seg": {"mIoU": True}, "depth": {"abs_err": False}}
+    chosen, gains = sweep.best_lambda(table, val, directions=directions, band=(0.25, 0.8))
+    assert chosen == 1e-5
+    assert gains[1e-6] == pytest.approx(-8.0) and gains[1e-5] == pytest.approx(4.0) and gains[1e-7] == 0.0
+    assert sweep.best_lambda(table, val, directions=directions, band=(0.95, 0.99))[0] is None
 
 
 def test_sweep_configs_name_and_switch_sparsity(tiny_config, tmp_path: Path) -> None:
     cfg = config.validate(tiny_config(tmp_path, tmp_path, lambda_sweep=[0.0, 1e-6]))
     configs = sweep.sweep_configs(cfg)
     dense, sparse = configs[0.0], configs[1e-6]
-    assert (dense.Experiment_name, dense.group_sparsity) == ("tiny_mtl_lambda0", False)
-    assert (sparse.Experiment_name, sparse.group_sparsity, sparse.bb_optimizer_params.lambda_) == ("tiny_mtl_lambda1e-6", True, 1e-6)
+    assert (dense.Experiment_name, dense.group_sparsity) == ("tiny_mtl_lambda_0.0", False)
+    assert (sparse.Experiment_name, sparse.group_sparsity, sparse.bb_optimizer_params.lambda_) == ("tiny_mtl_lambda_1e-06", True, 1e-6)
     assert sparse.lambda_sweep is None and sparse.task_list == cfg.task_list
     with pytest.raises(ConfigError, match="lambda_list"):
         sweep.sweep_configs(cfg.model_copy(update={"lambda_list": [1e-5]}))

@@ -1,5 +1,6 @@
 """Backbones: output stride 8, the study's ResNet-D layout, width scaling and ImageNet-weight errors."""
 
+import hashlib
 import urllib.error
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from models.backbones import BACKBONES, DilatedBasicBlock, build_backbone, scaled_channels, weights_file
+from models import backbones
+from models.backbones import BACKBONES, DilatedBasicBlock, build_backbone, scaled_channels
 from utils.errors import ConfigError
 
 
@@ -104,12 +106,32 @@ def test_pretrained_offline_without_cached_file_names_file_and_folder(monkeypatc
     assert "\n" not in message
 
 
-def test_pretrained_loads_cached_weights_offline(monkeypatch, tmp_path):
+def test_pretrained_loads_cached_weights_offline_after_a_hash_check(monkeypatch, tmp_path):
     _offline(monkeypatch, tmp_path)
     reference = tv_resnet.resnet18()
-    path = weights_file(tv_resnet.ResNet18_Weights.DEFAULT)
+    saved = tmp_path / "weights.pth"
+    torch.save(reference.state_dict(), saved)
+    digest = hashlib.sha256(saved.read_bytes()).hexdigest()
+    path = tmp_path / "checkpoints" / f"resnet18-{digest[:8]}.pth"  # torchvision's naming: <arch>-<sha256 prefix>
     path.parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), path)
+    saved.rename(path)
+    monkeypatch.setattr(backbones, "weights_file", lambda weights: path)
     backbone = build_backbone("resnet18", pretrained=True)
     assert torch.equal(backbone.stem[0].weight, reference.conv1.weight)
     assert torch.equal(backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    forged = tmp_path / "checkpoints" / "resnet18-00000000.pth"
+    path.rename(forged)
+    monkeypatch.setattr(backbones, "weights_file", lambda weights: forged)
+    with pytest.raises(ConfigError, match="SHA-256 does not start with 00000000"):
+        build_backbone("resnet18", pretrained=True)
+
+
+def test_pretrained_weights_never_run_a_pickle(monkeypatch, tmp_path):
+    _offline(monkeypatch, tmp_path)
+    path = tmp_path / "checkpoints" / "resnet18-abc.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"conv1.weight": torch.zeros(1), "x": tv_resnet.ResNet18_Weights.DEFAULT}, path)  # an object weights_only refuses
+    monkeypatch.setattr(backbones, "weights_file", lambda weights: path)
+    monkeypatch.setattr(backbones.hashlib, "sha256", lambda data: type("H", (), {"hexdigest": lambda self: "abc"})())
+    with pytest.raises(ConfigError, match="cannot load ImageNet weights"):
+        build_backbone("resnet18", pretrained=True)

@@ -14,7 +14,8 @@ CELEBA = ["segmentsemantic", "class_male", "class_smile", "class_Young"]
 
 
 def _cfg(**keys):
-    return validate({"Experiment_name": "t", "task_list": NYU, **keys})
+    classes = {"num_seg_classes": 3 if keys.get("dataset_name") == "celebA" else 40}
+    return validate({"Experiment_name": "t", "task_list": NYU, **classes, **keys})
 
 
 def test_build_keeps_task_list_order_and_head_specs():
@@ -25,9 +26,17 @@ def test_build_keeps_task_list_order_and_head_specs():
                      "surface_normal": ("dense", 3), "edge_texture": ("dense", 1)}
 
 
-def test_segmentation_classes_default_by_dataset_and_follow_config():
+def test_segmentation_classes_follow_the_resolved_config():
     assert tasks.build(_cfg(dataset_name="celebA", task_list=CELEBA))["segmentsemantic"].out_channels == 3
     assert tasks.build(_cfg(num_seg_classes=13))["segmentsemantic"].out_channels == 13
+    with pytest.raises(ConfigError, match="num_seg_classes"):
+        tasks.build(validate({"Experiment_name": "t", "task_list": NYU}))  # the engine resolves it from the data first
+
+
+def test_task_kinds_answer_without_building():
+    assert tasks.primary_metrics(["segmentsemantic", "class_male"]) == {"segmentsemantic": "mIoU", "class_male": "f1_weighted"}
+    assert tasks.directions(["depth_euclidean"])["depth_euclidean"]["abs_err"] is False
+    assert tasks.kind("class_Young") is AttributeTask
 
 
 @pytest.mark.parametrize("loss_name", ["softCEloss", "dice", "Tversky", "Focal"])

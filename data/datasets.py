@@ -65,6 +65,16 @@ def describe(cfg: ExperimentConfig) -> DatasetInfo:
     return _entry(cfg).describe(cfg)
 
 
+#: The config keys that decide what ``build`` returns; configs equal in these share their datasets.
+DATA_KEYS = ("dataset_name", "data_dir_NYU", "data_dir_celebA", "task_list", "input_shape", "augmentation",
+             "depth_normalization", "image_normalization", "meta", "celebA_subset", "celebA_split_file", "synthetic")
+
+
+def data_key(cfg: ExperimentConfig) -> tuple:
+    """What the datasets of ``cfg`` depend on: experiments (λ values, trials) equal in it decode their data once."""
+    return tuple(repr(getattr(cfg, key)) for key in DATA_KEYS)
+
+
 def build(cfg: ExperimentConfig) -> Splits:
     """Train, val and test datasets of the configured dataset (train augmented if asked)."""
     return _entry(cfg).build(cfg)
@@ -177,22 +187,23 @@ def _build_nyu(cfg: ExperimentConfig) -> Splits:
     if cfg.synthetic is not None:
         _ensure_synthetic(root, cfg.synthetic)
     layout = _nyu_layout(cfg)
-    keys = _split_keys(layout, root)
+    keys = _split_keys(layout, root, meta=cfg.meta)
     source = layout.Source(root, cfg.task_list)
     budget = CACHE_BUDGET_BYTES
     datasets = []
     for name in Splits._fields:
         dataset = DenseDataset(
             source, keys[name], size=cfg.image_size, augment=cfg.augmentation and name == "train",
-            depth_normalization=cfg.depth_normalization, cache_budget=budget, name=name,
+            depth_normalization=cfg.depth_normalization, image_normalization=cfg.image_normalization,
+            cache_budget=budget, name=name,
         )
         budget -= dataset.cached_bytes
         datasets.append(dataset)
     return Splits(*datasets)
 
 
-def _split_keys(layout: ModuleType, root: Path) -> dict[str, list[str]]:
-    found = layout.find_splits(root)
+def _split_keys(layout: ModuleType, root: Path, *, meta: bool) -> dict[str, list[str]]:
+    found = layout.find_splits(root, meta=meta)
     if "test" in found:
         log.info("%s: using its train / val / test splits (%d / %d / %d)", root, *(len(found[s]) for s in Splits._fields))
         return found

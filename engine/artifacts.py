@@ -1,0 +1,298 @@
+"""The trial folder: its layout, which checkpoint tests which task, finding trials, and reading them back.
+
+One owner for every file a trial leaves (the study's layout, REFERENCE §1): ``config_file.yaml``,
+``checkpoint.pt`` (best validation total), ``<task>_checkpoint.pt`` (best per task, multitask),
+``last.pt`` (the full state for resume; this module owns its format), the history JSONs,
+``test_dict.json`` and ``sparsity_layers.csv``. Folders the study's own code wrote are read
+too: their config dumps through :func:`utils.config.load`, their checkpoints (which pickle an
+optimizer object) through :func:`utils.checkpoint.load_untrusted` and
+:func:`models.study.convert`, never by running the pickle.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models import study
+from utils import checkpoint as ckpt
+from utils import config, yaml_io
+from utils.config import ExperimentConfig
+from utils.errors import ConfigError, DataError
+from utils.io import read_json, remove_stale_temps, write_json, write_text
+
+log = logging.getLogger("gsmtl")
+
+CONFIG_FILE = "config_file.yaml"
+TEST_FILE = "test_dict.json"
+GLOBAL_CHECKPOINT = "checkpoint.pt"
+LAST_CHECKPOINT = "last.pt"
+HISTORY_FILES = ("training_dict.json", "validation_dict.json")
+LAYER_TABLE = "sparsity_layers.csv"
+FAILURE_FILE = "failed.json"
+
+#: Keys that change how a run is executed, not what it computes: a finished trial is reused and
+#: an interrupted one resumed (``checkpoint: true``) across changes of these (and, to resume, of
+#: ``epochs``, so a run can be extended).
+RUN_CONTROL_KEYS = frozenset({"checkpoint", "wandb", "num_workers", "device", "log_every"})
+#: The parts of ``last.pt``, in the order the trainer writes them.
+LAST_PARTS = ("epoch", "model", "weighting", "optimizer", "scheduler", "stopping", "sparsity", "history", "rng", "wandb_id")
+
+
+def trial_folder(cfg: ExperimentConfig, trial: int) -> Path:
+    """``<checkpoint_folder>/<Experiment_name>_trial_<i>``."""
+    return Path(cfg.checkpoint_folder) / f"{cfg.Experiment_name}_trial_{trial}"
+
+
+def task_checkpoint(task: str) -> str:
+    """File name of a task's best weights in a multitask trial."""
+    return f"{task}_checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------- reuse and resume
+def stored_config(folder: Path) -> ExperimentConfig | None:
+    """The config a folder was written with, or None (no file, or one that no longer validates)."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return config.load(path)
+    except ConfigError as error:
+        log.warning("%s: %s; the folder is not reused", path, error)
+        return None
+
+
+def same_run(stored: ExperimentConfig | None, current: ExperimentConfig, *, ignore: Iterable[str]) -> bool:
+    """Whether two validated configs compute the same trial, up to the keys in ``ignore``."""
+    if stored is None:
+        return False
+    skip = set(ignore)
+    a, b = config.to_dict(stored), config.to_dict(current)
+    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+
+def is_finished(folder: Path, cfg: ExperimentConfig) -> bool:
+    """A trial of this config finished here (its test results exist)."""
+    return (folder / TEST_FILE).is_file() and same_run(stored_config(folder), cfg, ignore=RUN_CONTROL_KEYS)
+
+
+def can_resume(folder: Path, cfg: ExperimentConfig) -> bool:
+    """``checkpoint: true`` and a ``last.pt`` of this config (``epochs`` may have grown)."""
+    return (cfg.checkpoint and (folder / LAST_CHECKPOINT).is_file()
+            and same_run(stored_config(folder), cfg, ignore=RUN_CONTROL_KEYS | {"epochs"}))
+
+
+def open_folder(folder: Path, cfg: ExperimentConfig, *, resume: bool) -> None:
+    """Make the folder ready for a run: stale temp files removed, old artefacts cleared unless resuming, config written."""
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"trial folder '{folder}' is a file; expected a folder (check checkpoint_folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temps(folder)
+        if stale:
+            log.info("%s: removed %d temporary file(s) an interrupted save left", folder, len(stale))
+        (folder / FAILURE_FILE).unlink(missing_ok=True)
+        if not resume:
+            for name in (GLOBAL_CHECKPOINT, LAST_CHECKPOINT, TEST_FILE, LAYER_TABLE, *HISTORY_FILES,
+                         *(task_checkpoint(t) for t in cfg.task_list)):
+                (folder / name).unlink(missing_ok=True)
+        write_text(folder / CONFIG_FILE, config.dump(cfg))
+    except PermissionError as error:
+        raise DataError(f"trial folder '{folder}' is not writable ({error.strerror}); check checkpoint_folder") from None
+
+
+def mark_failed(folder: Path, reason: str) -> None:
+    """Record why a trial failed (a diverged run); the folder keeps its last good checkpoints."""
+    remove_stale_temps(folder)
+    write_json(folder / FAILURE_FILE, {"status": "failed", "reason": reason})
+
+
+def failure(folder: Path) -> str | None:
+    """Why the trial in ``folder`` failed, or None."""
+    path = folder / FAILURE_FILE
+    return str(read_json(path).get("reason", "failed")) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------- last.pt
+def save_last(folder: Path, state: Mapping[str, Any]) -> None:
+    """Write ``last.pt``: exactly the parts of :data:`LAST_PARTS`."""
+    missing = [part for part in LAST_PARTS if part not in state]
+    if missing:
+        raise ValueError(f"last.pt needs {missing}")
+    ckpt.save({part: state[part] for part in LAST_PARTS}, folder / LAST_CHECKPOINT)
+
+
+def load_last(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read ``last.pt``; a file of another format is a DataError naming it."""
+    state = ckpt.load(folder / LAST_CHECKPOINT, map_location=device)
+    missing = [part for part in LAST_PARTS if part not in state]
+    if missing:
+        raise DataError(f"'{folder / LAST_CHECKPOINT}' lacks {missing}; it was written by another version (delete it to train anew)")
+    return state
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_plan(cfg: ExperimentConfig, folder: Path, *, per_task: bool = True) -> dict[str, list[str]]:
+    """Which checkpoint file tests which tasks: a task's own best if it has one (multitask), else the global best."""
+    if not (folder / GLOBAL_CHECKPOINT).is_file():
+        raise DataError(f"trial folder '{folder}' has no {GLOBAL_CHECKPOINT}; was the trial trained?")
+    plan: dict[str, list[str]] = {}
+    for task in cfg.task_list:
+        own = task_checkpoint(task)
+        name = own if per_task and cfg.is_multitask and (folder / own).is_file() else GLOBAL_CHECKPOINT
+        plan.setdefault(name, []).append(task)
+    return plan
+
+
+def read_weights(folder: Path, name: str, cfg: ExperimentConfig, *, device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], int]:
+    """A checkpoint's model state_dict (in this project's layout) and its epoch.
+
+    Our checkpoints load with ``weights_only=True``; the study's (which pickle an optimizer)
+    are read without running their pickle and converted (:mod:`models.study`).
+    """
+    path = folder / name
+    foreign = ckpt.is_foreign(path)
+    state = ckpt.load_untrusted(path) if foreign else ckpt.load(path, map_location=device)
+    weights = state.get("model")
+    if not isinstance(weights, Mapping) or not all(isinstance(v, Tensor) for v in weights.values()):
+        raise DataError(f"checkpoint '{path}' has no 'model' state_dict of tensors")
+    if study.is_study_layout(weights):
+        weights = study.convert(weights, cfg)
+    elif foreign:
+        raise DataError(f"checkpoint '{path}' pickles objects weights_only refuses and is not the study's layout; not loaded")
+    epoch = state.get("epoch", -1)
+    return {key: value.to(device) for key, value in weights.items()}, int(epoch) if isinstance(epoch, int) else -1
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, Tensor], *, source: Path) -> None:
+    """``model.load_state_dict`` with one line naming the first missing, unexpected or misshaped key."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    if missing or unexpected:
+        what = f"lacks '{missing[0]}'" if missing else f"has '{unexpected[0]}', which the model has not"
+        raise DataError(f"checkpoint '{source}' does not fit the model its config describes: it {what} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    for key, tensor in weights.items():
+        if tensor.shape != expected[key].shape:
+            raise DataError(f"checkpoint '{source}': key '{key}' has shape {tuple(tensor.shape)}, "
+                            f"the model expects {tuple(expected[key].shape)}")
+    model.load_state_dict(weights)
+
+
+def checkpoint_classes(folder: Path, cfg: ExperimentConfig) -> int | None:
+    """The segmentation classes the global checkpoint's head predicts (for folders whose data is elsewhere)."""
+    if "segmentsemantic" not in cfg.task_list:
+        return None
+    path = folder / GLOBAL_CHECKPOINT
+    state = ckpt.load_untrusted(path) if ckpt.is_foreign(path) else ckpt.load(path)
+    weights = state.get("model", {})
+    prefix = "decoders.segmentsemantic." if study.is_study_layout(weights) else "heads.segmentsemantic."
+    if not cfg.is_multitask and study.is_study_layout(weights):
+        prefix = "decoders."
+    convs = [key for key, value in weights.items() if key.startswith(prefix) and key.endswith(".weight")
+             and getattr(value, "ndim", 0) == 4 and key[len(prefix):].split(".")[0].isdigit()]
+    if not convs:
+        return None
+    outputs = int(weights[max(convs, key=lambda key: int(key[len(prefix):].split(".")[0]))].shape[0])
+    return outputs - 1 if prefix.startswith("decoders") and cfg.dataset_name == "NYU" else outputs
+
+
+# ----------------------------------------------------------------------------- finding trials
+def default_runs_dirs(config_dir: str | Path = "config") -> list[Path]:
+    """``runs/`` and the ``checkpoint_folder`` of every YAML file under ``config_dir``, those that exist."""
+    folders = [Path("runs")]
+    for path in sorted(Path(config_dir).glob("*.y*ml")):
+        try:
+            raw = yaml_io.read(path)
+        except ConfigError:
+            continue
+        folder = raw.get("checkpoint_folder") if isinstance(raw, dict) else None
+        if isinstance(folder, str) and folder:
+            folders.append(Path(folder).expanduser())
+    unique = list(dict.fromkeys(folder.resolve() for folder in folders))
+    return [folder for folder in unique if folder.is_dir()]
+
+
+def find_trials(exp_name: str, *, runs_dirs: Sequence[str | Path], num_trials: int | None = None) -> dict[int, Path]:
+    """The trial folders of an experiment by trial index, trial 0 first.
+
+    ``exp_name`` is taken as typed, trailing underscores included: folders ``<name>_trial_<i>``
+    and ``<name>trial_<i>`` are found (``8_2_multi_seg_sn_depth_`` finds
+    ``8_2_multi_seg_sn_depth_trial_0``; ``11_1_multi_male_smile_1e5__`` finds
+    ``11_1_multi_male_smile_1e5___trial_0``), in each runs folder and one level below it (the
+    study kept NYU and CelebA runs apart). A path in ``exp_name`` searches its parent only. A
+    folder named exactly ``<name>`` that holds a config (the study's grid-search folders) is
+    trial 0 when nothing else matches. ``num_trials`` asks for trials 0 … n-1; by default all.
+    """
+    if num_trials is not None and num_trials < 1:
+        raise ConfigError(f"--num_trials {num_trials}: expected at least 1 (or leave it out for every trial found)")
+    given = Path(exp_name)
+    name = given.name
+    roots = [given.parent] if given.parent != Path(".") else [Path(d) for d in runs_dirs]
+    roots = [root for root in roots if root.is_dir()]
+    if not roots:
+        searched = ", ".join(str(d) for d in ([given.parent] if given.parent != Path(".") else runs_dirs)) or "none"
+        raise DataError(f"no runs folder found (searched: {searched}); pass --runs_dir with the folder holding the trial folders")
+    pattern = re.compile(rf"{re.escape(name)}_?trial_(\d+)")
+    found: dict[int, list[Path]] = {}
+    exact: list[Path] = []
+    for folder in (f for root in roots for f in _candidates(root)):
+        match = pattern.fullmatch(folder.name)
+        if match:
+            found.setdefault(int(match.group(1)), []).append(folder)
+        elif folder.name == name and (folder / CONFIG_FILE).is_file():
+            exact.append(folder)
+    if not found and exact:
+        found = {0: exact}
+    where = ", ".join(str(r) for r in roots)
+    if not found:
+        raise DataError(f"no trial folders '{name}_trial_<i>' or '{name}trial_<i>' in {where} or their sub-folders; "
+                        "check --exp_name and --runs_dir")
+    wanted = sorted(found) if num_trials is None else range(num_trials)
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise DataError(f"trial(s) {missing} of '{name}' not found in {where} (found trials {sorted(found)}); "
+                        "lower --num_trials or train them")
+    for index in wanted:
+        if len(found[index]) > 1:
+            raise DataError(f"trial {index} of '{name}' is in several folders {[str(f) for f in found[index]]}; "
+                            "pass --runs_dir (or a path in --exp_name) to pick one")
+    return {i: found[i][0] for i in wanted}
+
+
+def _candidates(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` and of its sub-folders, sorted for a stable order."""
+    children = sorted(path for path in root.iterdir() if path.is_dir())
+    grandchildren = sorted(path for child in children for path in _subfolders(child))
+    return children + grandchildren
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [path for path in folder.iterdir() if path.is_dir()]
+    except PermissionError:
+        return []
+
+
+def load_trial_config(folder: Path, *, data_dir: str | Path | None = None, device: str | None = None) -> ExperimentConfig:
+    """The config a trial was trained with (ours or the study's dump); ``data_dir`` and ``device`` replace the stored ones.
+
+    ``synthetic`` is switched off: evaluation must read the data that was trained on, never
+    generate a new set where the stored path points.
+    """
+    if not (folder / CONFIG_FILE).is_file():
+        raise DataError(f"'{folder}' holds no {CONFIG_FILE}; expected a trial folder written by main_multi_trials.py")
+    cfg = config.load(folder / CONFIG_FILE)
+    update: dict[str, Any] = {"synthetic": None}
+    if data_dir is not None:
+        update[f"data_dir_{cfg.dataset_name}"] = str(data_dir)
+    if device is not None:
+        update["device"] = device
+    return config.validate({**config.to_dict(cfg), **update}, source=str(folder / CONFIG_FILE))

@@ -1,0 +1,84 @@
+"""Atomic artefacts, torch-free: every file a run leaves is written whole or not at all.
+
+A write goes to a temporary sibling ``.<name>.<random>.tmp``, is fsynced and renamed over the
+target, so a crash never leaves a torn file. A kill between the two steps can leave the
+temporary file behind; :func:`remove_stale_temps` deletes those when a folder is reopened.
+This module imports no torch, so the command-line front door can use it before any heavy work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from utils.errors import DataError
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write`` on a temporary file next to ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from co-workers
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomically write bytes."""
+    return atomic_write(path, lambda stream: stream.write(data))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomically write UTF-8 text."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Atomically write JSON (indented, for people reading trial folders)."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read JSON, naming the file when it is missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"file '{path}' not found") from None
+    except UnicodeDecodeError:
+        raise DataError(f"file '{path}' is not UTF-8 text; expected JSON") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"file '{path}' is not valid JSON ({error.msg}, line {error.lineno})") from None
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_write` left in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [path for path in folder.glob(f".*{_TEMP_SUFFIX}") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,42 @@
+"""SIGTERM and Ctrl-C as requests: the first asks training to stop after its current step, a second Ctrl-C aborts.
+
+Inside :class:`StopOnSignal` neither signal raises in the middle of a step or of a save: the
+handler only records the request, which the trainer polls after each step (then it writes
+``last.pt`` and raises ``Interrupted``). A second Ctrl-C raises KeyboardInterrupt at once; an
+atomic write interrupted that way removes its temporary file, so the last complete ``last.pt``
+stays. Exit codes follow the shell's convention: 130 for SIGINT, 143 for SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType, TracebackType
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class StopOnSignal:
+    """Install the handlers for the duration of a ``with`` block; ``requested()`` names the first signal seen."""
+
+    def __init__(self) -> None:
+        self._signal: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def requested(self) -> str | None:
+        return self._signal
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        name = signal.Signals(number).name
+        if self._signal is not None and name == "SIGINT":
+            raise KeyboardInterrupt
+        if self._signal is None:
+            self._signal = name
+
+    def __enter__(self) -> StopOnSignal:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
