@@ -8,11 +8,15 @@ their gradients 1e-4 times smaller, as a dead channel's are), the live groups' n
 log-normal, and λ shrinks the median live group by ``--shrink`` of its norm per step (the
 unweighted prox gets the λ that does the same in its metric). Gradients are fresh noise
 times s at every step. Prints the median step time over ``--steps`` steps after warm-up, its
-ratio to AdamW (foreach, the baseline) and the fraction of zero groups at the end. ProxAdam's
-Adam part runs torch's fused kernel on the CPU (see :mod:`optim.prox_adam`); the fused AdamW row
-shows what that part costs alone.
+ratio to both baselines, torch's fused AdamW and its foreach AdamW, and the fraction of zero
+groups at the end. On the CPU ProxAdam's Adam part runs torch's fused kernel (see
+:mod:`optim.prox_adam`), so "ProxAdam λ=0" shows what that part costs alone; on CUDA it runs
+the foreach path. ``--device cuda`` on a machine without CUDA stops with a one-line error
+(exit code 2).
 
     python -m benchmarks.bench_optimizer --device cpu --steps 10
+    python -m benchmarks.bench_optimizer --device cpu --steps 10 --threads 1 --cpu-time   # on a busy machine
+    python -m benchmarks.bench_optimizer --device cuda --steps 20
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -84,9 +89,10 @@ def warm_state(
 
 
 def time_steps(
-    opt: torch.optim.Optimizer, model: torch.nn.Module, scales: list[torch.Tensor], warmup: int, steps: int
+    opt: torch.optim.Optimizer, model: torch.nn.Module, scales: list[torch.Tensor], warmup: int, steps: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """Set fresh random gradients before each step; time the steps after ``warmup``."""
+    """Set fresh random gradients before each step; time the steps after ``warmup`` with ``clock``."""
     device = scales[0].device
     warm_state(opt, model, scales)
     gen = torch.Generator(device=device).manual_seed(1)
@@ -96,13 +102,27 @@ def time_steps(
             p.grad = torch.randn(p.shape, generator=gen, device=device).mul_(s)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return times
+
+
+def variants(lam: float, lam_plain: float) -> dict[str, Callable[[torch.nn.Module], torch.optim.Optimizer]]:
+    common = dict(lr=LR, weight_decay=0.01, decoupled_weight_decay=True)
+    return {
+        "torch AdamW (fused)": lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01, fused=True),
+        "torch AdamW (foreach)": lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01, foreach=True),
+        "ProxAdam λ=0": lambda m: ProxAdam(param_groups(m), **common),
+        "ProxAdam l1/l2 weighted": lambda m: ProxAdam(param_groups(m, penalty="l1_l2", lambda_=lam), **common),
+        "ProxAdam l1/l2 unweighted": lambda m: ProxAdam(
+            param_groups(m, penalty="l1_l2", lambda_=lam_plain, weighted=False), **common),
+        "ProxAdam MCP weighted": lambda m: ProxAdam(
+            param_groups(m, penalty="group_mcp", lambda_=lam, gamma=3.0), **common),
+    }
 
 
 def main() -> None:
@@ -112,31 +132,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--zero-fraction", type=float, default=0.5, help="groups pruned before the run")
     parser.add_argument("--shrink", type=float, default=1e-3, help="per-step shrink of the median live group")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process's CPU time instead of the wall clock (with --threads 1, on a busy machine)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_optimizer: --device cuda: CUDA is not available on this machine", file=sys.stderr)
+        sys.exit(2)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     device = torch.device(args.device)
     lam, lam_plain = pick_lambdas(*make_model(device, args.zero_fraction), args.shrink)
-    common = dict(lr=LR, weight_decay=0.01, decoupled_weight_decay=True)
-    variants: dict[str, Callable[[torch.nn.Module], torch.optim.Optimizer]] = {
-        "torch AdamW (foreach)": lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01, foreach=True),
-        "torch AdamW (fused)": lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01, fused=True),
-        "ProxAdam λ=0": lambda m: ProxAdam(param_groups(m), **common),
-        "ProxAdam l1/l2 weighted": lambda m: ProxAdam(param_groups(m, penalty="l1_l2", lambda_=lam), **common),
-        "ProxAdam l1/l2 unweighted": lambda m: ProxAdam(
-            param_groups(m, penalty="l1_l2", lambda_=lam_plain, weighted=False), **common),
-        "ProxAdam MCP weighted": lambda m: ProxAdam(
-            param_groups(m, penalty="group_mcp", lambda_=lam, gamma=3.0), **common),
-    }
-    print(f"device={args.device} threads={torch.get_num_threads()} λ={lam:.3g} (unweighted {lam_plain:.3g}) "
-          f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'optimizer':28s} {'ms/step':>9s} {'× AdamW':>8s} {'zero groups':>12s}")
-    base = None
-    for name, make_opt in variants.items():
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu threads={torch.get_num_threads()}"
+    print(f"device={args.device} ({where}) λ={lam:.3g} (unweighted {lam_plain:.3g}) "
+          f"{'CPU' if args.cpu_time else 'wall'} time, median of {args.steps} steps after {args.warmup} warm-up")
+    rows = []
+    for name, make_opt in variants(lam, lam_plain).items():
         model, scales = make_model(device, args.zero_fraction)
         opt = make_opt(model)
-        ms = 1e3 * statistics.median(time_steps(opt, model, scales, args.warmup, args.steps))
-        base = base or ms
-        zero = summary(model)["group_sparsity"]
-        print(f"{name:28s} {ms:9.1f} {ms / base:8.2f} {zero:12.1%}")
+        ms = 1e3 * statistics.median(time_steps(opt, model, scales, args.warmup, args.steps, clock))
+        rows.append((name, ms, summary(model)["group_sparsity"]))
+    fused, foreach = rows[0][1], rows[1][1]  # the baselines
+    print(f"{'optimizer':28s} {'ms/step':>9s} {'× fused':>8s} {'× foreach':>10s} {'zero groups':>12s}")
+    for name, ms, zero in rows:
+        print(f"{name:28s} {ms:9.1f} {ms / fused:8.2f} {ms / foreach:10.2f} {zero:12.1%}")
 
 
 if __name__ == "__main__":

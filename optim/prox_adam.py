@@ -30,7 +30,9 @@ Parameter-group keys, besides ``lr``, ``betas``, ``eps``, ``weight_decay``, ``fo
 None), ``lambda_`` (≥ 0, may change between steps), ``gamma`` (MCP, > 0), ``weighted`` (prox
 in Adam's metric, else in the plain one), ``reweight`` (λ·√group size), ``prox`` (False skips
 the proximal step, for a dense warm-up). Penalised parameters need ≥ 2 dims: groups are the
-slices ``W[:, j, ...]``.
+slices ``W[:, j, ...]``. Empty parameters (no elements, or no groups: shape ``(o, 0, …)``) go
+through every path untouched. The proximal step's tolerances, its exact zero test and its
+host synchronisations (one per weighted penalised group and step) are those of :mod:`optim.prox`.
 """
 
 from __future__ import annotations
@@ -186,9 +188,9 @@ def _validate(group: dict[str, Any]) -> None:
     lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
     if isinstance(lr, Tensor):
         raise ValueError(f"Invalid learning rate: {lr} (a float is expected)")
-    if not 0.0 <= lr:
+    if not lr >= 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps:
+    if not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: {eps}")
     betas = group["betas"]
     if len(betas) != 2:
@@ -196,13 +198,13 @@ def _validate(group: dict[str, Any]) -> None:
     for i, beta in enumerate(betas):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
-    if not 0.0 <= wd:
+    if not wd >= 0.0:
         raise ValueError(f"Invalid weight_decay value: {wd}")
     if group["penalty"] not in (None, *PENALTIES):
         raise ValueError(f"Invalid penalty: {group['penalty']!r} (expected one of None, 'l1_l2', 'group_mcp')")
-    if not 0.0 <= group["lambda_"]:
+    if not group["lambda_"] >= 0.0:
         raise ValueError(f"Invalid lambda_ value: {group['lambda_']}")
-    if not 0.0 < group["gamma"]:
+    if not group["gamma"] > 0.0:
         raise ValueError(f"Invalid gamma value: {group['gamma']}")
 
 

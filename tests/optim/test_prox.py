@@ -125,7 +125,7 @@ def test_float32_reaches_the_residual_target() -> None:
     alpha, lam = 0.5, 0.01
     z = x.clone()
     prox_group_l1_l2_([z], alpha=alpha, lam=lam, denoms=[d])
-    assert residual(x, d, z, alpha * lam * math.sqrt(64 * 9)).abs().max() <= 3e-6
+    assert residual(x, d, z, alpha * lam * math.sqrt(64 * 9)).abs().max() <= 1e-6  # the documented tolerance
 
 
 def mcp_objective(v, x, d, tau, alpha, lam_g, gamma):
