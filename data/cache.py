@@ -7,22 +7,25 @@ tensors (uint8 image and labels, float32 depth, float16 normals and edges). Per 
 only augments, converts and normalises. When the cache would exceed its byte budget it logs
 that and decodes on access instead. A dataset layout plugs in as a `Source` that reads one
 sample's files into the contract's encodings; the helpers below check and encode arrays.
+Files are read strictly (`data.files`) and `data.preflight` checks a data folder before any of
+this starts; bad samples fail the build or, with ``skip_bad_samples``, are skipped and counted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from data.files import check_file
 from data.transforms import (
     DEPTH,
     EDGE,
@@ -44,6 +47,10 @@ log = logging.getLogger(__name__)
 CACHE_BUDGET_BYTES = 4 * 2**30
 #: Threads that decode files while the cache is built (OpenCV, numpy I/O and torch release the GIL).
 DECODE_THREADS = 8
+#: Names of skipped samples a split's log line shows.
+SKIPPED_SHOWN = 5
+
+_T = TypeVar("_T")
 
 #: Channels and storage dtype of each cached field.
 _STORAGE: dict[str, tuple[int, torch.dtype]] = {
@@ -64,6 +71,11 @@ class Source(Protocol):
         """Every file `read(key)` opens, so missing ones are reported before decoding starts."""
         ...
 
+    def file_names(self, key: str) -> list[tuple[Path, str]]:
+        """The same files as (folder, file name), the folders shared between keys: the pre-flight
+        checks tens of thousands of names against folder listings without building a Path each."""
+        ...
+
     def read(self, key: str) -> Fields:
         """``image`` uint8 3xHxW RGB and one tensor per task (see docs/contracts.md)."""
         ...
@@ -78,6 +90,13 @@ def sample_nbytes(tasks: Sequence[str], size: Sequence[int]) -> int:
 class DenseDataset(Dataset):
     """Samples ``{"image", "targets"}`` of one split, decoded once and served from memory.
 
+    Decoding is strict (``data.files``): a file that does not decode is a `DataError` naming it.
+    With ``skip_bad`` such samples are left out instead, together with those the pre-flight
+    already found (``bad``), and counted in one log line; ``keys`` then lists the good ones.
+    A split whose samples are all bad is still an error. Over the cache budget, samples are
+    decoded on access; every file is then checked structurally (headers, end markers) here
+    instead, so that a truncated file is found at build time, not in the middle of training.
+
     Args:
         source: reads a sample's files (a layout's `Source`).
         keys: the split's sample keys, in order.
@@ -87,6 +106,8 @@ class DenseDataset(Dataset):
         image_normalization: ``"none"`` keeps pixels in [0, 1] (the study), ``"imagenet"`` standardises them.
         cache_budget: bytes the cache may take; above it samples are decoded on access.
         name: the split's name, for logs and the progress bar.
+        skip_bad: skip (and count) samples with bad files instead of raising (``skip_bad_samples``).
+        bad: samples of ``keys`` already found bad, with their problem (the pre-flight's); needs ``skip_bad``.
     """
 
     def __init__(
@@ -100,15 +121,22 @@ class DenseDataset(Dataset):
         image_normalization: ImageNormalization = "none",
         cache_budget: int = CACHE_BUDGET_BYTES,
         name: str = "dataset",
+        skip_bad: bool = False,
+        bad: Mapping[str, str] | None = None,
     ) -> None:
+        if bad and not skip_bad:
+            raise ValueError("DenseDataset: known bad samples can only be skipped with skip_bad=True")
         self.source = source
-        self.keys = list(keys)
+        listed = list(keys)
+        #: Samples left out (skip_bad), with the problem of each, in the split's order.
+        self.skipped: dict[str, str] = {key: bad[key] for key in listed if key in bad} if bad else {}
+        self.keys = [key for key in listed if key not in self.skipped]
         self.size = (int(size[0]), int(size[1]))
         self.augment = augment
         self.depth_normalization = depth_normalization
         self.image_normalization = image_normalization
         self.name = name
-        self._check_files()
+        self.skip_bad = skip_bad
         needed = len(self.keys) * sample_nbytes(source.tasks, self.size)
         self._cache: Fields | None = None
         if needed <= cache_budget:
@@ -118,6 +146,8 @@ class DenseDataset(Dataset):
                 "%s: caching %d samples would take %.2f GiB, over the %.2f GiB budget; decoding on access",
                 name, len(self.keys), needed / 2**30, cache_budget / 2**30,
             )
+            self._scan_all()
+        self._report_skipped(listed)
 
     @property
     def cached_bytes(self) -> int:
@@ -136,16 +166,36 @@ class DenseDataset(Dataset):
             fields = augment(fields)
         return to_sample(fields, depth_normalization=self.depth_normalization, image_normalization=self.image_normalization)
 
-    def _check_files(self) -> None:
-        for key in self.keys:
-            for path in self.source.files(key):
-                if not path.is_file():
-                    raise DataError(f"{path}: file not found; expected it for sample '{key}' of the {self.name} split")
-
     def _decode(self, key: str) -> Fields:
         """Read, resize and convert to storage dtypes: the same result cached or not."""
         fields = resize(self.source.read(key), self.size)
         return {name: value.to(_STORAGE[name][1]) for name, value in fields.items()}
+
+    def _each(self, work: Callable[[str], _T], desc: str) -> Iterator[tuple[str, _T]]:
+        """``work`` over the keys in threads, yielding in order; a DataError raises or, with
+        ``skip_bad``, records the sample as skipped. ConfigErrors and bugs always propagate.
+
+        On an error the queued keys are cancelled, so that a bad file fails the build at once."""
+
+        def attempt(key: str) -> _T | DataError:
+            try:
+                return work(key)
+            except DataError as error:
+                return error
+
+        pool = ThreadPoolExecutor(max_workers=min(DECODE_THREADS, os.cpu_count() or 1))
+        try:
+            results = tqdm(pool.map(attempt, self.keys), total=len(self.keys), desc=f"{desc} {self.name}",
+                           unit="img", leave=False, disable=None)
+            for key, result in zip(self.keys, results):
+                if not isinstance(result, DataError):
+                    yield key, result
+                elif self.skip_bad:
+                    self.skipped[key] = str(result)
+                else:
+                    raise result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _decode_all(self) -> Fields:
         height, width = self.size
@@ -153,22 +203,39 @@ class DenseDataset(Dataset):
             field: torch.empty((len(self.keys), channels, height, width), dtype=dtype)
             for field, (channels, dtype) in ((f, _STORAGE[f]) for f in (IMAGE, *self.source.tasks))
         }
-        with ThreadPoolExecutor(max_workers=min(DECODE_THREADS, os.cpu_count() or 1)) as pool:
-            decoded = pool.map(self._decode, self.keys)
-            progress = tqdm(decoded, total=len(self.keys), desc=f"decoding {self.name}", unit="img", leave=False, disable=None)
-            for index, fields in enumerate(progress):
-                for name, value in fields.items():
-                    cache[name][index] = value
+        good: list[str] = []
+        for key, fields in self._each(self._decode, "decoding"):
+            for name, value in fields.items():
+                cache[name][len(good)] = value  # good samples are packed to the front
+            good.append(key)
+        if len(good) < len(self.keys):
+            cache = {name: stacked[: len(good)].clone() for name, stacked in cache.items()}
+            self.keys = good
         log.info("%s: cached %d samples (%.2f GiB)", self.name, len(self.keys), sum(t.nbytes for t in cache.values()) / 2**30)
         return cache
 
+    def _scan_all(self) -> None:
+        """Check every file's structure (``data.files.check_file``: headers, end markers, no decoding)."""
 
-def load_npy(path: Path) -> np.ndarray:
-    """A .npy array, or a DataError naming the file."""
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read ({error}); expected a .npy array") from None
+        def scan(key: str) -> None:
+            for path in self.source.files(key):
+                check_file(path)
+
+        self.keys = [key for key, _ in self._each(scan, "checking")]
+
+    def _report_skipped(self, listed: Sequence[str]) -> None:
+        """One log line per split: how many were skipped, the first few; an error when none is left."""
+        if not self.skipped:
+            return
+        first = next(iter(self.skipped.values()))
+        if not self.keys:
+            raise DataError(f"{first} (and every other of the {len(listed)} samples of the {self.name} split is bad too)")
+        names = list(self.skipped)
+        shown = ", ".join(names[:SKIPPED_SHOWN]) + (", ..." if len(names) > SKIPPED_SHOWN else "")
+        log.warning(
+            "%s: skipped %d of %d samples with bad files (skip_bad_samples): %s; first problem: %s",
+            self.name, len(names), len(listed), shown, first,
+        )
 
 
 def _expect_shape(array: np.ndarray, path: Path, shape: tuple[int, ...]) -> None:
@@ -204,8 +271,11 @@ def normals_tensor(array: np.ndarray, path: Path, size: tuple[int, int]) -> torc
 
 
 def edge_tensor(array: np.ndarray, path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """Edge map as 1 x H x W float32."""
-    return torch.from_numpy(single_channel(array, path, size))[None]
+    """Edge map as 1 x H x W float32; NaN/Inf is a DataError (an edge map has no invalid value to map it to)."""
+    edge = single_channel(array, path, size)
+    if not np.isfinite(edge).all():
+        raise DataError(f"{path}: {np.count_nonzero(~np.isfinite(edge))} non-finite values (NaN/Inf); expected a finite edge map")
+    return torch.from_numpy(edge)[None]
 
 
 def image_tensor(rgb: np.ndarray, path: Path) -> torch.Tensor:

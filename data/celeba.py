@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.datasets import DatasetInfo, Splits
+from data import preflight
 from data.cache import (
     CACHE_BUDGET_BYTES,
     DenseDataset,
     image_tensor,
-    load_npy,
     segmentation_tensor,
 )
 from data.celeba_format import (
@@ -46,6 +45,8 @@ from data.celeba_format import (
     seeded_split,
     segmask_name,
 )
+from data.datasets import DatasetInfo, Splits
+from data.files import load_npy, read_color
 from data.transforms import IMAGE, SEGMENTATION, Fields, ImageNormalization
 from utils.config import ExperimentConfig
 from utils.constants import IGNORE_INDEX
@@ -76,17 +77,35 @@ def build(cfg: ExperimentConfig) -> Splits:
         log.info("celebA_subset first_third: using the first third of each split (%s), as the study did",
                  ", ".join(f"{len(files)} {name}" for name, files in split.items()))
     table = read_attributes(root / ATTRIBUTE_FILE) if attribute_tasks(cfg.task_list) else None
+    source = Source(root, with_mask=SEGMENTATION in cfg.task_list, num_classes=cfg.num_seg_classes)
+    checks = [_rows_check(table, root / ATTRIBUTE_FILE)] if table is not None else []
+    bad = preflight.check(source, split, skip_bad=cfg.skip_bad_samples, checks=checks)  # before any decoding
     budget = CACHE_BUDGET_BYTES
     datasets = []
     for name in SPLIT_NAMES:
         dataset = CelebAMaskHQ(
             root, split[name], cfg.task_list, image_size=cfg.image_size, attributes=table,
             augment=cfg.augmentation and name == "train", image_normalization=cfg.image_normalization,
-            cache_budget=budget, name=name,
+            cache_budget=budget, name=name, num_seg_classes=cfg.num_seg_classes,
+            skip_bad=cfg.skip_bad_samples, bad=bad[name],
         )
         budget -= dataset.cached_bytes
         datasets.append(dataset)
     return Splits(*datasets)
+
+
+def _rows_check(table: AttributeTable, path: Path) -> preflight.SampleCheck:
+    """The pre-flight check that every image of the splits has a row in the attribute file."""
+
+    def run(split: Mapping[str, Sequence[str]]) -> tuple[list[preflight.Problem], Callable[[int], str]]:
+        problems = [
+            (name, file, f"{path}: no row for {file} (an image of the {name} split); expected one row per image")
+            for name, files in split.items() for file in files if file not in table.rows
+        ]
+        total = sum(len(files) for files in split.values())
+        return problems, lambda count: f"{count} of the {total} images of the splits have none"
+
+    return run
 
 
 def attribute_tasks(tasks: Sequence[str]) -> dict[str, str]:
@@ -131,6 +150,7 @@ def read_split(cfg: ExperimentConfig, root: Path) -> dict[str, list[str]]:
 
 
 def _parse_split(path: Path) -> dict[str, list[str]]:
+    """The split JSON; one line naming the file for anything but three disjoint lists of unique ``<n>.jpg``."""
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -140,9 +160,18 @@ def _parse_split(path: Path) -> dict[str, list[str]]:
     ):
         raise DataError(f"split file '{path}': expected {{\"train\": [\"<n>.jpg\", ...], \"val\": [...], \"test\": [...]}}")
     for name in SPLIT_NAMES:
-        for file in split[name]:
-            index_of(file)
-    return {name: split[name] for name in SPLIT_NAMES}
+        seen: set[str] = set()
+        for position, file in enumerate(split[name]):
+            try:
+                index_of(file)
+            except DataError as error:
+                raise DataError(f"split file '{path}': {name}[{position}]: {error}") from None
+            if file in seen:
+                raise DataError(f"split file '{path}': {name}[{position}]: '{file}' repeats; expected each image once")
+            seen.add(file)
+    split = {name: split[name] for name in SPLIT_NAMES}
+    preflight.check_disjoint(split, {name: f"split file '{path}' ({name})" for name in SPLIT_NAMES})
+    return split
 
 
 def _root(cfg: ExperimentConfig) -> Path:
@@ -153,35 +182,56 @@ def _root(cfg: ExperimentConfig) -> Path:
 
 
 class Source:
-    """Reads one formatted image (and its mask when segmentation is a task), for DenseDataset."""
+    """Reads one formatted image (and its mask when segmentation is a task), strictly, for DenseDataset.
 
-    def __init__(self, root: Path, *, with_mask: bool) -> None:
+    ``num_classes`` (the config's ``num_seg_classes``) bounds the mask values (`ConfigError`)."""
+
+    def __init__(self, root: Path, *, with_mask: bool, num_classes: int | None = None) -> None:
         self.root = Path(root)
         self.tasks = (SEGMENTATION,) if with_mask else ()
+        self.num_classes = num_classes
+        self._image_dir, self._mask_dir = self.root / IMAGE_DIR, self.root / SEGMASK_DIR
 
     def files(self, key: str) -> list[Path]:
-        image = self.root / IMAGE_DIR / key
-        return [image, self.root / SEGMASK_DIR / segmask_name(index_of(key))] if self.tasks else [image]
+        return [folder / name for folder, name in self.file_names(key)]
+
+    def file_names(self, key: str) -> list[tuple[Path, str]]:
+        image = (self._image_dir, key)
+        return [image, (self._mask_dir, segmask_name(index_of(key)))] if self.tasks else [image]
 
     def read(self, key: str) -> Fields:
         paths = self.files(key)
-        bgr = cv2.imread(str(paths[0]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DataError(f"{paths[0]}: cannot decode; expected a JPEG image")
+        bgr = read_color(paths[0])
         fields = {IMAGE: image_tensor(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), paths[0])}
         if self.tasks:
-            fields[SEGMENTATION] = _mask(paths[1], bgr.shape[:2])
+            fields[SEGMENTATION] = _mask(paths[1], bgr.shape[:2], self.num_classes)
         return fields
 
 
-def _mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """The 3-class mask at the image's size (copies whose masks kept another size are resized)."""
+def _mask(path: Path, size: tuple[int, int], num_classes: int | None = None) -> torch.Tensor:
+    """The 3-class mask at the image's size (copies whose masks kept another size are resized).
+
+    Values are 0..2, or 255 (ignored, as in some re-saved copies); anything else, NaN included,
+    is a DataError naming the file."""
     mask = load_npy(path)
     if mask.ndim != 2:
         raise DataError(f"{path}: array of shape {mask.shape}; expected an H x W mask")
-    if np.any((mask >= len(SEG_CLASSES)) & (mask != IGNORE_INDEX)) or np.any(mask < 0):
-        raise DataError(f"{path}: values {sorted(np.unique(mask))}; expected classes 0..{len(SEG_CLASSES) - 1}")
+    expected = f"expected classes 0..{len(SEG_CLASSES) - 1} ({', '.join(SEG_CLASSES)}) or {IGNORE_INDEX} (ignore)"
+    if mask.dtype.kind == "f" and not np.isfinite(mask).all():
+        raise DataError(f"{path}: non-finite values (NaN/Inf); {expected}")
+    wrong = ((mask >= len(SEG_CLASSES)) & (mask != IGNORE_INDEX)) | (mask < 0)
+    if mask.dtype.kind == "f":
+        wrong |= mask != np.rint(mask)
+    if wrong.any():
+        shown = ", ".join(f"{value:g}" for value in np.unique(mask[wrong])[:5])
+        raise DataError(f"{path}: {np.count_nonzero(wrong)} pixels with values {shown}; {expected}")
     mask = mask.astype(np.uint8)
+    top = int(mask[mask != IGNORE_INDEX].max(initial=0)) if num_classes is not None else 0
+    if num_classes is not None and top >= num_classes:
+        raise ConfigError(
+            f"config key 'num_seg_classes': {num_classes}, but {path} holds class {top}; "
+            f"expected num_seg_classes: {len(SEG_CLASSES)} for CelebAMask-HQ masks"
+        )
     if mask.shape != size:
         mask = cv2.resize(mask, size[::-1], interpolation=cv2.INTER_NEAREST)
     return segmentation_tensor(mask, path, size)
@@ -189,7 +239,10 @@ def _mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
 
 class CelebAMaskHQ(Dataset):
     """One split: samples ``{"image": 3×H×W float32, "targets": {task: tensor}}`` (docs/contracts.md),
-    ``segmentsemantic`` int64 H×W, ``class_<attr>`` float32 0-d (0. or 1.)."""
+    ``segmentsemantic`` int64 H×W, ``class_<attr>`` float32 0-d (0. or 1.).
+
+    ``skip_bad`` and ``bad`` skip bad samples as `DenseDataset` does; ``files`` is then the good
+    ones, and the attribute labels follow them."""
 
     def __init__(
         self,
@@ -203,15 +256,20 @@ class CelebAMaskHQ(Dataset):
         image_normalization: ImageNormalization = "none",
         cache_budget: int = CACHE_BUDGET_BYTES,
         name: str = "celeba",
+        num_seg_classes: int | None = None,
+        skip_bad: bool = False,
+        bad: Mapping[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
-        self.files = list(files)
         self.tasks = list(tasks)
-        self._labels = self._read_labels(attributes)
+        attribute_tasks(self.tasks)  # unknown task names fail before any decoding
         self._images = DenseDataset(
-            Source(self.root, with_mask=SEGMENTATION in self.tasks), self.files,
+            Source(self.root, with_mask=SEGMENTATION in self.tasks, num_classes=num_seg_classes), files,
             size=image_size, augment=augment, image_normalization=image_normalization, cache_budget=cache_budget, name=name,
+            skip_bad=skip_bad, bad=bad,
         )
+        self.files = list(self._images.keys)  # without the skipped ones (skip_bad)
+        self._labels = self._read_labels(attributes)
 
     @property
     def cached_bytes(self) -> int:

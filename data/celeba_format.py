@@ -102,17 +102,26 @@ class AttributeTable:
 def read_attributes(path: Path) -> AttributeTable:
     """Parse the release's attribute file: a count line, a names line, then ``<n>.jpg`` and
     one value per name, separated by any amount of whitespace (the real file mixes one and
-    two spaces). The count line is optional, as some re-saved copies drop it."""
+    two spaces). The count line is optional, as some re-saved copies drop it. Anything else
+    (not UTF-8, a repeated name or image, a short row) is a DataError naming the file and line."""
     if not path.is_file():
         raise DataError(f"attribute file '{path}' not found; expected {ATTRIBUTE_FILE} of the CelebAMask-HQ release")
-    lines = [(number, line.split()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}); expected the {ATTRIBUTE_FILE} text table") from None
+    lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1)]
     lines = [(number, tokens) for number, tokens in lines if tokens]
     if lines and len(lines[0][1]) == 1 and lines[0][1][0].isdigit():
         lines = lines[1:]
     if not lines:
         raise DataError(f"{path}: no attribute names; expected a line of names after the count line")
     names = tuple(lines[0][1])
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise DataError(f"{path}:{lines[0][0]}: attribute names {repeated} repeat; expected each name once")
     rows: dict[str, tuple[int, ...]] = {}
+    first_line: dict[str, int] = {}
     for number, tokens in lines[1:]:
         if len(tokens) != len(names) + 1:
             raise DataError(f"{path}:{number}: expected a file name and {len(names)} values, got {len(tokens)} fields")
@@ -122,7 +131,10 @@ def read_attributes(path: Path) -> AttributeTable:
             raise DataError(f"{path}:{number}: attribute values must be 1 or -1, got {' '.join(tokens[1:])!r}") from None
         if any(value not in (1, -1) for value in values):
             raise DataError(f"{path}:{number}: attribute values must be 1 or -1, got {' '.join(tokens[1:])!r}")
+        if tokens[0] in rows:
+            raise DataError(f"{path}:{number}: '{tokens[0]}' repeats line {first_line[tokens[0]]}; expected one row per image")
         rows[tokens[0]] = values
+        first_line[tokens[0]] = number
     return AttributeTable(names, rows)
 
 

@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data import mtan, nyud
+from data import mtan, nyud, preflight
 from data.cache import CACHE_BUDGET_BYTES, DenseDataset
 from utils.config import ExperimentConfig, SyntheticConfig
 from utils.errors import ConfigError, DataError
@@ -67,7 +67,8 @@ def describe(cfg: ExperimentConfig) -> DatasetInfo:
 
 #: The config keys that decide what ``build`` returns; configs equal in these share their datasets.
 DATA_KEYS = ("dataset_name", "data_dir_NYU", "data_dir_celebA", "task_list", "input_shape", "augmentation",
-             "depth_normalization", "image_normalization", "meta", "celebA_subset", "celebA_split_file", "synthetic")
+             "depth_normalization", "image_normalization", "meta", "celebA_subset", "celebA_split_file", "synthetic",
+             "num_seg_classes", "skip_bad_samples")
 
 
 def data_key(cfg: ExperimentConfig) -> tuple:
@@ -76,7 +77,11 @@ def data_key(cfg: ExperimentConfig) -> tuple:
 
 
 def build(cfg: ExperimentConfig) -> Splits:
-    """Train, val and test datasets of the configured dataset (train augmented if asked)."""
+    """Train, val and test datasets of the configured dataset (train augmented if asked).
+
+    Every user-fixable problem of the data is one `DataError` line naming the file (`ConfigError`
+    naming the key): `data.preflight` checks the folder before any decoding, the cache decodes
+    strictly. With ``skip_bad_samples`` bad samples are skipped and counted instead."""
     return _entry(cfg).build(cfg)
 
 
@@ -88,19 +93,22 @@ def loader(
     num_workers: int,
     seed: int,
     drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """A reproducible DataLoader: shuffling and worker RNGs derive from `seed`.
 
     Workers seed torch (and numpy, random) from the loader's generator, so augmentation is
     deterministic; with ``num_workers=0`` it draws from the main process's torch RNG instead.
     Workers are capped at the CPUs this process may use (the study's 8 would oversubscribe a
-    small machine).
+    small machine). A ``sampler`` (one process's share under torchrun) replaces ``shuffle``.
+    Batches are pinned for non-blocking copies when CUDA is there.
     """
     num_workers = min(num_workers, len(os.sched_getaffinity(0)))
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_seed_worker,
@@ -188,14 +196,15 @@ def _build_nyu(cfg: ExperimentConfig) -> Splits:
         _ensure_synthetic(root, cfg.synthetic)
     layout = _nyu_layout(cfg)
     keys = _split_keys(layout, root, meta=cfg.meta)
-    source = layout.Source(root, cfg.task_list)
+    source = layout.Source(root, cfg.task_list, num_classes=cfg.num_seg_classes)
+    bad = preflight.check(source, keys, skip_bad=cfg.skip_bad_samples)  # before any decoding
     budget = CACHE_BUDGET_BYTES
     datasets = []
     for name in Splits._fields:
         dataset = DenseDataset(
             source, keys[name], size=cfg.image_size, augment=cfg.augmentation and name == "train",
             depth_normalization=cfg.depth_normalization, image_normalization=cfg.image_normalization,
-            cache_budget=budget, name=name,
+            cache_budget=budget, name=name, skip_bad=cfg.skip_bad_samples, bad=bad[name],
         )
         budget -= dataset.cached_bytes
         datasets.append(dataset)

@@ -51,6 +51,7 @@ from data.celeba_format import (
     seeded_split,
     segmask_name,
 )
+from data.files import BadFile, read_color, read_gray
 from utils.errors import DataError
 from utils.io import write_bytes
 
@@ -262,15 +263,19 @@ def _run(jobs: Sequence[_Job], workers: int | None, progress: bool) -> Iterator[
 
 
 def _prepare_image(job: _Job) -> str | None:
-    """Resize one image and merge its part masks; returns a message when an input is unreadable."""
-    image = cv2.imread(job.image, cv2.IMREAD_COLOR)
-    if image is None:
-        return f"{job.image}: unreadable image"
+    """Resize one image and merge its part masks; returns a message when an input is unreadable.
+
+    Reading is strict (`data.files`): a truncated JPEG or PNG is unreadable, not a grey patch."""
+    try:
+        image = read_color(job.image, channels=None)  # a grayscale original becomes 3 channels, as the copy's format wants
+    except BadFile as error:
+        return f"{job.image}: unreadable image ({error.problem})"
     label = np.zeros((job.size, job.size), np.uint8)
     for part, path in job.parts:
-        mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            return f"{path}: unreadable mask"
+        try:
+            mask = read_gray(path)
+        except BadFile as error:
+            return f"{path}: unreadable mask ({error.problem})"
         # Nearest sampling commutes with painting, so resizing each part first is exact.
         mask = cv2.resize(mask, (job.size, job.size), interpolation=cv2.INTER_NEAREST)
         label[mask > 127] = PART_CLASSES[part]

@@ -111,7 +111,7 @@ def test_split_file_naming_a_missing_image_is_a_data_error(root: Path, tmp_path:
 
 
 def test_unknown_attribute_lists_the_valid_names(root: Path) -> None:
-    with pytest.raises(ConfigError, match="class_NotAnAttribute.*Arched_Eyebrows"):
+    with pytest.raises(ConfigError, match=r"class_NotAnAttribute.*Arched_Eyebrows"):
         celeba.attribute_tasks(["segmentsemantic", "class_NotAnAttribute"])
     aliases = celeba.attribute_tasks(["class_smile", "class_wavy_hair"])
     assert aliases == {"class_smile": "Smiling", "class_wavy_hair": "Wavy_Hair"}

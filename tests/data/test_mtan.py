@@ -65,7 +65,7 @@ def test_a_test_folder_is_used_as_given(tmp_path: Path, make_cfg) -> None:
 def test_edge_task_is_a_config_error(mtan_root: Path, make_cfg) -> None:
     cfg = make_cfg(mtan_root, task_list=["segmentsemantic", "edge_texture"])
     for call in (data.describe, data.build):
-        with pytest.raises(ConfigError, match="edge_texture.*mtan"):
+        with pytest.raises(ConfigError, match=r"edge_texture.*mtan"):
             call(cfg)
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import data
-from data.datasets import SYNTHETIC_MARKER, holdout
 from data.cache import DenseDataset
+from data.datasets import SYNTHETIC_MARKER, holdout
 from data.nyud import Source
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import DataError
@@ -150,7 +150,7 @@ def test_missing_folder_names_the_config_key(tmp_path: Path, make_cfg) -> None:
 
 def test_unknown_layout_names_both_expected_layouts(tmp_path: Path, make_cfg) -> None:
     (tmp_path / "images").mkdir()
-    with pytest.raises(DataError, match="NYUD_MT.*MTAN"):
+    with pytest.raises(DataError, match=r"NYUD_MT.*MTAN"):
         data.describe(make_cfg(tmp_path))
 
 
@@ -163,7 +163,7 @@ def test_missing_file_is_named(nyud_copy: Path, make_cfg) -> None:
 
 def test_missing_split_file_is_named(nyud_copy: Path, make_cfg) -> None:
     (nyud_copy / "gt_sets" / "val.txt").unlink()
-    with pytest.raises(DataError, match="val.txt"):
+    with pytest.raises(DataError, match=r"val\.txt"):
         data.build(make_cfg(nyud_copy))
 
 
@@ -235,5 +235,5 @@ def test_the_studys_defaults_give_unit_pixels_and_per_image_max_depth(nyud_root:
     cfg = make_cfg(nyud_root, image_normalization="none", depth_normalization="per_image_max")
     sample = data.build(cfg).train[0]
     image, depth = sample["image"], sample["targets"]["depth_euclidean"]
-    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0  # ToTensor, no ImageNet statistics
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0  # ToTensor, no ImageNet statistics
     assert float(depth.max()) == pytest.approx(1.0) and float(depth.min()) == 0.0  # invalid pixels stay 0

@@ -62,7 +62,7 @@ def test_writes_images_masks_attributes_and_split(raw: Path, prepared: Path) -> 
     assert read_attributes(prepared / ATTRIBUTE_FILE) == read_attributes(raw / ATTRIBUTE_FILE)
     split = json.loads((prepared / SPLIT_FILE).read_text())
     assert [len(split[name]) for name in ("train", "val", "test")] == [19, 2, 3]
-    assert sorted(sum(split.values(), []), key=lambda name: int(name[:-4])) == FILES  # disjoint and covering
+    assert sorted([file for files in split.values() for file in files], key=lambda name: int(name[:-4])) == FILES  # disjoint and covering
 
 
 def test_masks_follow_the_part_table(raw: Path, prepared: Path) -> None:
@@ -174,7 +174,7 @@ def test_skip_bad_leaves_bad_inputs_out_and_counts_them(raw: Path, tmp_path: Pat
     out = tmp_path / "out"
     assert run(source, out, "--skip-bad") == 0
     assert f"prepared {NUM - 2}, already done 0, bad 3" in capsys.readouterr().out  # mask, row, unreadable
-    kept = set(sum(json.loads((out / SPLIT_FILE).read_text()).values(), []))
+    kept = {file for files in json.loads((out / SPLIT_FILE).read_text()).values() for file in files}
     assert kept == set(FILES) - {"3.jpg", "5.jpg"}
     assert set(read_attributes(out / ATTRIBUTE_FILE).rows) == kept
     assert not (out / IMAGE_DIR / "5.jpg").exists()

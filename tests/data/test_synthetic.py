@@ -40,12 +40,12 @@ def test_nyud_values_look_like_real_nyu(nyud_root: Path) -> None:
     assert seg.dtype == np.uint8 and seg.max() <= 40 and (seg == 0).any() and len(np.unique(seg)) > 5
     assert depth.dtype == np.float32 and (depth == 0).any()
     valid = depth > 0
-    assert 0.3 < depth[valid].min() and depth[valid].max() < 15.0
+    assert depth[valid].min() > 0.3 and depth[valid].max() < 15.0
     assert normals.dtype == np.float32 and normals.shape[-1] == 3
     length = np.linalg.norm(normals, axis=-1)
     np.testing.assert_allclose(length[valid], 1.0, atol=1e-5)
     assert np.all(normals[~valid] == 0)
-    assert edge.dtype == np.float32 and 0 <= edge.min() and edge.max() <= 1 and edge.mean() > 0.02
+    assert edge.dtype == np.float32 and edge.min() >= 0 and edge.max() <= 1 and edge.mean() > 0.02
 
 
 def test_generation_is_deterministic_by_seed(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_mtan_layout_and_encodings(mtan_root: Path) -> None:
     label = np.stack([np.load(p) for p in (mtan_root / "train" / "label").glob("*.npy")])
     depth = np.load(mtan_root / "train" / "depth" / "0.npy")
     normal = np.load(mtan_root / "val" / "normal" / "1.npy")
-    assert image.shape == (24, 32, 3) and image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1
+    assert image.shape == (24, 32, 3) and image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1
     assert label.dtype == np.float32 and (label == -1).any() and label.max() <= 12
     assert depth.shape == (24, 32, 1) and (depth == 0).any()
     assert normal.shape == (24, 32, 3)

@@ -73,7 +73,7 @@ def test_same_seed_same_files_other_seed_other_faces(raw: Path, tmp_path: Path) 
 def test_mapping_and_partition_place_every_image(raw: Path) -> None:
     files = [f"{n}.jpg" for n in range(40)]
     split, unplaced = official_split(files, raw / MAPPING_FILE, raw / PARTITION_FILE)
-    assert not unplaced and sorted(sum(split.values(), []), key=lambda name: int(name[:-4])) == files
+    assert not unplaced and sorted([file for files in split.values() for file in files], key=lambda name: int(name[:-4])) == files
     assert synthetic_faces.celeba_partition(162770) == 0 and synthetic_faces.celeba_partition(182638) == 2
 
 
