@@ -6,13 +6,20 @@
 
 Ctrl-C or SIGTERM stops after the current step and saves last.pt; rerun with
 --set checkpoint=true to continue exactly where it stopped.
+
+Scaling out (README "Scaling out"):
+    torchrun --nproc_per_node 4 main_multi_trials.py --config_exp config/exp_single_mtl_NYU.yaml
+    python main_multi_trials.py --config_exp config/exp_gridsearch_single_mtl.yaml --launcher submitit \
+        --cluster slurm --slurm_partition gpu --gpus_per_trial 1 --timeout_min 1440
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
+from pathlib import Path
 
 from utils.cli import main_guard
 from utils.config import DEFAULT_CONFIG
@@ -26,6 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a config key, dotted for nested keys (e.g. --set bb_optimizer_params.lambda=1e-5); repeatable")
     parser.add_argument("--trial", type=int, default=None,
                         help="run only trial N (0-based), e.g. one job of a job array; the CSV collects finished trials")
+    launch = parser.add_argument_group("many trials at once (submitit)")
+    launch.add_argument("--launcher", choices=("none", "submitit"), default="none",
+                        help="'submitit': every trial of the experiment (and every λ of a sweep) as its own job (default: none, in this process)")
+    launch.add_argument("--cluster", choices=("local", "slurm"), default="local",
+                        help="where submitit runs the jobs: local processes, or a Slurm job array (default: local)")
+    launch.add_argument("--slurm_partition", default=None, help="Slurm partition of the jobs")
+    launch.add_argument("--gpus_per_trial", type=int, default=0, help="GPUs per job (default: 0)")
+    launch.add_argument("--cpus_per_trial", type=int, default=None, help="CPUs per job (default: the cluster's)")
+    launch.add_argument("--timeout_min", type=int, default=1440, help="time limit of a job in minutes; a timed-out job is requeued and resumes (default: 1440)")
+    launch.add_argument("--array_parallelism", type=int, default=64, help="Slurm jobs of the array running at once (default: 64)")
+    launch.add_argument("--submitit_folder", default="submitit_logs", help="folder of the jobs' logs and pickles (default: submitit_logs)")
+    launch.add_argument("--no_wait", action="store_true",
+                        help="return after submitting; collect the tables later with get_outputs.py or by rerunning the command")
     return parser.parse_args(argv)
 
 
@@ -38,25 +58,56 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = config.load(args.config_exp, args.overrides)
         config.check_data_dir(cfg)
-        from engine import sweep, trials  # heavy imports only once the config is known to be valid
+        from engine import distributed, sweep, trials  # heavy imports only once the config is known to be valid
         from engine.trainer import Interrupted
 
-        with StopOnSignal() as stop:
-            try:
-                if cfg.lambda_sweep:
-                    table = sweep.run_sweep(cfg, trial=args.trial, stop=stop.requested)
-                    print(f"\n{cfg.Experiment_name}: λ sweep\n{sweep.format_sweep(cfg, table)}")
-                    return 0
-                rows = trials.run(cfg, trial=args.trial, stop=stop.requested)
-            except Interrupted as interrupt:
-                command = " ".join(["python", *map(shlex.quote, sys.argv), "--set", "checkpoint=true"])
-                print(f"{interrupt}; resume with: {command}", file=sys.stderr)
-                return EXIT_CODES.get(interrupt.signal_name, 130)
+        if args.launcher == "submitit":
+            return _launch(cfg, args)
+        context = distributed.from_environment()
+        if not context.is_main:
+            logging.getLogger().setLevel(logging.WARNING)  # one console: rank 0's
+        try:
+            with StopOnSignal() as stop:
+                try:
+                    if cfg.lambda_sweep:
+                        table = sweep.run_sweep(cfg, trial=args.trial, stop=stop.requested, context=context)
+                        if context.is_main:
+                            print(f"\n{cfg.Experiment_name}: λ sweep\n{sweep.format_sweep(cfg, table)}")
+                        return 0
+                    rows = trials.run(cfg, trial=args.trial, stop=stop.requested, context=context)
+                except Interrupted as interrupt:
+                    command = " ".join(["python", *map(shlex.quote, sys.argv), "--set", "checkpoint=true"])
+                    if context.is_main:
+                        print(f"{interrupt}; resume with: {command}", file=sys.stderr)
+                    return EXIT_CODES.get(interrupt.signal_name, 130)
+        finally:
+            distributed.shutdown()
         if rows:
             print(f"\n{cfg.Experiment_name}\n{report.format_summary(rows)}")
         return 0
 
     return main_guard(body)
+
+
+def _launch(cfg, args: argparse.Namespace) -> int:
+    """Submit the trials through submitit and print what came back."""
+    from engine import launcher, sweep
+    from utils import report
+
+    options = launcher.LaunchOptions(
+        cluster=args.cluster, folder=Path(args.submitit_folder), partition=args.slurm_partition,
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, timeout_min=args.timeout_min,
+        array_parallelism=args.array_parallelism, wait=not args.no_wait,
+    )
+    result = launcher.launch(cfg, options, trial=args.trial)
+    if result is None:
+        print(f"submitted; collect the tables with: python get_outputs.py --exp_name {cfg.Experiment_name} "
+              "(or run this command again: finished trials are not trained again)")
+    elif cfg.lambda_sweep:
+        print(f"\n{cfg.Experiment_name}: λ sweep\n{sweep.format_sweep(cfg, result)}")
+    elif result:
+        print(f"\n{cfg.Experiment_name}\n{report.format_summary(result)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def test_trial(trial: Trial, folder: Path, loaders: Mapping[str, DataLoader], *,
             continue
         subset = {task: trial.tasks[task] for task in plan[name]}
         for split, loader in loaders.items():
-            losses, metrics = evaluate(model, subset, loader, device, amp=cfg.amp, channels_last=cfg.channels_last, desc=split)
+            losses, metrics = evaluate(model, subset, loader, device, amp=cfg.amp, channels_last=cfg.channels_last, desc=split,
+                                       context=trial.context)
             for task in plan[name]:
                 if split == "test":
                     result["tasks"][task] = metrics[task]

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from engine import distributed
+from engine.distributed import Context
 from engine.runtime import autocast, read_scalars, to_device
 from tasks.base import Task
 from utils.errors import NumericalFault
@@ -101,7 +103,8 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer, loader: DataLoader, device: torch.device,
     options: StepOptions = StepOptions(), extra_loss: Callable[[], Tensor] | None = None,
     desc: str = "train", where: str = "training", resume: PartialEpoch | None = None,
-    stop: Callable[[], str | None] = lambda: None,
+    stop: Callable[[], str | None] = lambda: None, context: Context = distributed.SINGLE,
+    shared: Sequence[Tensor] = (),
 ) -> dict[str, float] | PartialEpoch:
     """One pass over the training split; returns mean losses per active task and in total.
 
@@ -109,7 +112,11 @@ def train_one_epoch(
     ``extra_loss`` adds a term (the penalty, when ``penalty_in_loss``). Raises NumericalFault
     (naming ``where``, the step and the task) when a loss or the gradient is not finite.
     ``stop`` is polled after every step: when it names a signal, the pass ends there and
-    returns a :class:`PartialEpoch`, which ``resume`` continues exactly.
+    returns a :class:`PartialEpoch`, which ``resume`` continues exactly. Under torchrun
+    (``context``) ``model`` is the DDP wrapper; the epoch's means are reduced over the ranks,
+    and a stop request is agreed on at the loss reads, so every rank stops at the same step.
+    ``shared`` are trained parameters outside the model (the loss weights): their gradients
+    are averaged over the ranks, as DDP averages the model's.
     """
     model.train()
     started = time.perf_counter()
@@ -133,7 +140,7 @@ def train_one_epoch(
     if resume is not None:
         _set_global_rng(resume.rng_now)
     bar = tqdm(batches, total=total_steps, initial=first_step, desc=desc, leave=False, dynamic_ncols=True)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in [*model.parameters(), *shared] if p.requires_grad]
     for step, batch in enumerate(bar, start=first_step):
         images, targets = to_device(batch, device, options.channels_last)
         with autocast(device, options.amp):
@@ -144,6 +151,7 @@ def train_one_epoch(
             total = total + extra_loss()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        distributed.average_gradients(shared, context)
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         faults.record([*losses.values(), grad_norm], step)
         optimizer.step()
@@ -153,11 +161,14 @@ def train_one_epoch(
             sums[name] += loss.detach() * batch_size
         sums["total"] += total.detach() * batch_size
         count += batch_size
-        if (step + 1) % options.log_every == 0:
+        signal = stop()
+        at_read = (step + 1) % options.log_every == 0
+        if at_read:
             mean, *first = torch.cat([(sums["total"] / count).reshape(1).double(), faults.first.double()]).tolist()
             faults.raise_if_any(first, where)
             bar.set_postfix(loss=f"{mean:.4f}")
-        signal = stop()
+        if context.distributed:  # ranks stop together, at a loss read, if any of them was asked to
+            signal = (signal or "SIGTERM") if at_read and distributed.agree([signal is not None], context)[0] else None
         if signal is not None and step + 1 < total_steps:
             names = list(sums)
             numbers = torch.cat([torch.stack([sums[n] for n in names]).double(), faults.first.double()]).tolist()
@@ -166,8 +177,11 @@ def train_one_epoch(
             return PartialEpoch(steps=step + 1, count=count, sums=dict(zip(names, numbers[: len(names)])),
                                 seconds=seconds, rng_start=rng_start, rng_now=_global_rng(), signal=signal)
     names = list(sums)
-    means = torch.stack([sums[name] / max(count, 1) for name in names]).double()
-    numbers = torch.cat([means, faults.first.double()]).tolist()  # one host sync for losses and flags
+    totals = distributed.sum_across(torch.stack([*(sums[name] for name in names), torch.tensor(float(count), device=device)]).double(), context)
+    first = faults.first.double()
+    if context.distributed:  # the earliest fault of any rank, -1 for none
+        first = distributed.min_across(torch.where(first < 0, torch.inf, first), context).nan_to_num(posinf=-1.0)
+    numbers = torch.cat([totals[:-1] / totals[-1].clamp(min=1), first]).tolist()  # one host sync for losses and flags
     faults.raise_if_any(numbers[len(names):], where)
     return dict(zip(names, numbers[: len(names)]))
 
@@ -179,9 +193,13 @@ def _loader_state(loader: DataLoader) -> Tensor | None:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, device: torch.device, *,
-    amp: bool = False, channels_last: bool = False, desc: str = "val",
+    amp: bool = False, channels_last: bool = False, desc: str = "val", context: Context = distributed.SINGLE,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Mean loss and split-level metrics of ``tasks`` over ``loader`` (the model is put in eval mode)."""
+    """Mean loss and split-level metrics of ``tasks`` over ``loader`` (the model is put in eval mode).
+
+    Under torchrun each rank sees a shard; losses are summed over the ranks and the
+    torchmetrics states synchronise in ``compute``, so every rank gets the whole split's values.
+    """
     model.eval()
     metrics = {name: task.metric().to(device) for name, task in tasks.items()}
     sums = {name: torch.zeros((), device=device) for name in tasks}
@@ -195,6 +213,8 @@ def evaluate(
             sums[name] += task.loss(prediction, targets[name]).detach() * images.shape[0]
             metrics[name].update(prediction, targets[name])
         count += images.shape[0]
-    losses = read_scalars({name: total / max(count, 1) for name, total in sums.items()})
+    names = list(sums)
+    totals = distributed.sum_across(torch.stack([*(sums[n] for n in names), torch.tensor(float(count), device=device)]).double(), context)
+    losses = read_scalars({name: totals[i] / totals[-1].clamp(min=1) for i, name in enumerate(names)})
     computed = {name: read_scalars(metric.compute()) for name, metric in metrics.items()}
     return losses, computed

@@ -15,6 +15,7 @@ counted a higher depth error as better; here Δm weighs every task and metric th
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import pandas as pd
 
 import data
 import tasks as task_registry
-from engine import artifacts, trials
+from engine import artifacts, distributed, trials
+from engine.distributed import Context
 from engine.trial import resolve
 from utils import config, io, plots, report
 from utils.config import ExperimentConfig
@@ -92,7 +94,11 @@ def best_lambda(table: pd.DataFrame, val: Mapping[float, Mapping[str, float]], *
     if not val:
         return None, {}
     reference_lambda = min(val)
-    gains = {lam: report.delta_m(values, val[reference_lambda], directions)["delta_m"] for lam, values in val.items()}
+    # A metric that is 0 at the reference (e.g. no pixel within 11.25° yet) has no relative change: left out.
+    reference = {key: value for key, value in val[reference_lambda].items() if value != 0 and math.isfinite(value)}
+    usable = {task: {m: h for m, h in metrics.items() if f"{task}_{m}" in reference} for task, metrics in directions.items()}
+    usable = {task: metrics for task, metrics in usable.items() if metrics}
+    gains = {lam: report.delta_m(values, reference, usable)["delta_m"] for lam, values in val.items()}
     sparsity = dict(zip(table["lambda"], table.get("group_sparsity_mean", pd.Series(dtype=float))))
     low, high = band
     eligible = [lam for lam in gains if lam in sparsity and low < sparsity[lam] < high]
@@ -101,13 +107,20 @@ def best_lambda(table: pd.DataFrame, val: Mapping[float, Mapping[str, float]], *
 
 def run_sweep(
     cfg: ExperimentConfig, *, lambdas: Sequence[float] | None = None, trial: int | None = None,
-    out_dir: str | Path = "out_csv", stop: trials.StopRequest = lambda: None,
+    out_dir: str | Path = "out_csv", stop: trials.StopRequest = lambda: None, context: Context = distributed.SINGLE,
 ) -> pd.DataFrame:
     """Train every λ (or one trial of each), write ``<exp>_sweep.csv`` / ``.png`` and ``<exp>_best_lambda.json``."""
     configs = sweep_configs(cfg, lambdas)
     first = resolve(next(iter(configs.values())))
     splits = data.build(first)
-    results = {lam: trials.run(sub, trial=trial, splits=splits, stop=stop, out_dir=out_dir) for lam, sub in configs.items()}
+    for sub in configs.values():
+        trials.run(sub, trial=trial, splits=splits, stop=stop, out_dir=out_dir, context=context)
+    return collect_sweep(cfg, configs, out_dir=out_dir) if context.is_main else pd.DataFrame()
+
+
+def collect_sweep(cfg: ExperimentConfig, configs: Mapping[float, ExperimentConfig], *, out_dir: str | Path = "out_csv") -> pd.DataFrame:
+    """The sweep's table, best λ and figure from the trials its experiments finished (after any launcher)."""
+    results = {lam: trials.write_report(sub, out_dir=out_dir) for lam, sub in configs.items()}
     table = sweep_table(results)
     chosen, gains = best_lambda(table, validation_means(configs), directions=task_registry.directions(cfg.task_list),
                                 band=cfg.best_lambda_band)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from engine import artifacts
+from engine import artifacts, distributed
 from engine.early_stopping import TaskStopping
 from engine.loop import PartialEpoch, StepOptions, evaluate, train_one_epoch
 from engine.runtime import autocast, to_device
@@ -103,6 +103,8 @@ class Trainer:
         self.stop_requested = stop_requested
         self.options = StepOptions(amp=cfg.amp, channels_last=cfg.channels_last,
                                    max_batches=cfg.max_batches_per_epoch, log_every=cfg.log_every)
+        self.context = trial.context
+        self.forward_model = distributed.wrap(self.model, self.context, trial.device)
 
     @property
     def finished(self) -> bool:
@@ -120,9 +122,14 @@ class Trainer:
             "stopping": self.stopping.state_dict(),
             "sparsity": self.schedule.state_dict(),
             "history": {"train": self.history.train, "val": self.history.val},
-            "rng": _rng_state(self.trial.loaders["train"]) | ({"partial": partial.state_dict()} if partial else {}),
+            "rng": self._rng_states(partial),
             "wandb_id": self.logger.run_id,
         }
+
+    def _rng_states(self, partial: PartialEpoch | None) -> dict[str, Any] | list[dict[str, Any]]:
+        """This process's generators (and where it stopped mid-epoch); every rank's, in rank order, under torchrun."""
+        state = _rng_state(self.trial.loaders["train"]) | ({"partial": partial.state_dict()} if partial else {})
+        return distributed.gather(state, self.context) if self.context.distributed else state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -132,10 +139,11 @@ class Trainer:
         self.stopping.load_state_dict(state["stopping"])
         self.schedule.load_state_dict(state["sparsity"])
         self.history = History(train=state["history"]["train"], val=state["history"]["val"])
-        rng = dict(state["rng"])
+        rng = dict(state["rng"][self.context.rank] if isinstance(state["rng"], list) else state["rng"])
         partial = rng.pop("partial", None)
         _set_rng_state(rng, self.trial.loaders["train"])
-        self.stopping.freeze_stopped(self.model.heads)
+        if self.stopping.freeze_stopped(self.model.heads):
+            self.forward_model = distributed.wrap(self.model, self.context, self.trial.device)
         self.start_epoch = state["epoch"] + 1
         self.partial = None if partial is None else PartialEpoch.from_state(partial)
 
@@ -147,16 +155,21 @@ class Trainer:
             if self.finished:
                 break
             lam = self.schedule.on_epoch_start(epoch)
+            sampler = self.trial.loaders["train"].sampler
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
             started = time.perf_counter()
             partial, self.partial = self.partial, None
             result = train_one_epoch(
-                self.model, self.tasks, self.stopping.active, combine=self.trial.weighting, optimizer=self.optimizer,
+                self.forward_model, self.tasks, self.stopping.active, combine=self.trial.weighting, optimizer=self.optimizer,
                 loader=self.trial.loaders["train"], device=self.trial.device, options=self.options,
                 extra_loss=self.schedule.loss_term if self.schedule.in_loss else None,
                 desc=f"epoch {epoch}", where=f"{where}, epoch {epoch}", resume=partial, stop=self.stop_requested,
+                context=self.context, shared=list(self.trial.weighting.parameters()),
             )
             if isinstance(result, PartialEpoch):
                 self._save_interrupted(epoch, result)
+            distributed.share_buffers(self.model, self.context)
             train_seconds = time.perf_counter() - started + (partial.seconds if partial else 0.0)
             spars = self.schedule.measures(self.model.backbone)
             lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(self.optimizer.param_groups)}
@@ -164,18 +177,25 @@ class Trainer:
 
             started = time.perf_counter()
             val_losses, val_metrics = evaluate(self.model, self.tasks, self.trial.loaders["val"], self.trial.device,
-                                               amp=self.cfg.amp, channels_last=self.cfg.channels_last, desc=f"val {epoch}")
+                                               amp=self.cfg.amp, channels_last=self.cfg.channels_last, desc=f"val {epoch}",
+                                               context=self.context)
             val_total = self.stopping.step(epoch, val_losses, self._save_best)
-            for name in self.stopping.freeze_stopped(self.model.heads):
+            frozen = self.stopping.freeze_stopped(self.model.heads)
+            for name in frozen:
                 stopper = self.stopping.per_task[name]
                 log.info("task %s stopped at epoch %d (best %.4f at epoch %d); its head is frozen",
                          name, epoch, stopper.best, stopper.best_epoch)
+            if frozen:  # DDP must not wait for the frozen heads' gradients
+                self.forward_model = distributed.wrap(self.model, self.context, self.trial.device)
             val_losses["total"] = val_total
             self.history.add_val(val_losses, val_metrics, time.perf_counter() - started)
-            self.scheduler.step(val_total)
+            if self.cfg.lr_schedule == "plateau":
+                self.scheduler.step(val_total)
 
-            self.history.write(self.folder)
-            artifacts.save_last(self.folder, self.state_dict(epoch))
+            state = self.state_dict(epoch)  # every rank takes part (its generators are gathered)
+            if self.context.is_main:
+                self.history.write(self.folder)
+                artifacts.save_last(self.folder, state)
             self.logger.log({"train": {"loss": result, "lr": lrs, "lambda": lam},
                              "val": {"loss": val_losses, "metric": val_metrics}, "sparsity": spars}, step=epoch)
             if self.cfg.wandb_img_log and self.logger.run_id is not None and epoch % IMAGE_LOG_EVERY == 0:
@@ -185,6 +205,8 @@ class Trainer:
                 total = self.stopping.total
                 log.info("early stop at epoch %d (best total %.4f at epoch %d)", epoch, total.best, total.best_epoch)
             signal = self.stop_requested()
+            if self.context.distributed:
+                signal = (signal or "SIGTERM") if distributed.agree([signal is not None], self.context)[0] else None
             if signal is not None and epoch + 1 < self.cfg.epochs and not self.finished:
                 raise Interrupted(f"trial {self.trial.index} interrupted by {signal} after epoch {epoch}; "
                                   f"'{self.folder / artifacts.LAST_CHECKPOINT}' holds its state", signal_name=signal)
@@ -192,7 +214,9 @@ class Trainer:
     # ----------------------------------------------------------------- pieces
     def _save_interrupted(self, epoch: int, partial: PartialEpoch) -> None:
         """Save the state after the last finished step of ``epoch``, then stop."""
-        artifacts.save_last(self.folder, self.state_dict(epoch - 1, partial))
+        state = self.state_dict(epoch - 1, partial)
+        if self.context.is_main:
+            artifacts.save_last(self.folder, state)
         raise Interrupted(
             f"trial {self.trial.index} interrupted by {partial.signal} at epoch {epoch}, step {partial.steps}; "
             f"'{self.folder / artifacts.LAST_CHECKPOINT}' holds its state",
@@ -200,6 +224,8 @@ class Trainer:
         )
 
     def _save_best(self, name: str, epoch: int, loss: float) -> None:
+        if not self.context.is_main:
+            return
         target = artifacts.GLOBAL_CHECKPOINT if name == TaskStopping.TOTAL else artifacts.task_checkpoint(name)
         ckpt.save({"epoch": epoch, "val_loss": loss, "model": self.model.state_dict()}, self.folder / target)
 

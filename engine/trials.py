@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 import data
-from engine import artifacts
+from engine import artifacts, distributed
+from engine.distributed import Context
 from engine.evaluate import test_trial
 from engine.runtime import resolve_device
 from engine.trainer import Trainer
@@ -34,11 +35,12 @@ StopRequest = Callable[[], "str | None"]
 
 def run(
     cfg: ExperimentConfig, *, trial: int | None = None, splits: data.Splits | None = None,
-    stop: StopRequest = lambda: None, out_dir: str | Path = "out_csv",
+    stop: StopRequest = lambda: None, out_dir: str | Path = "out_csv", context: Context = distributed.SINGLE,
 ) -> list[dict[str, Any]]:
     """Train and test the experiment's trials (or one of them) and write ``out_csv/<exp>.csv``.
 
-    ``splits`` lets callers that run several experiments on the same data (λ sweeps) decode it once.
+    ``splits`` lets callers that run several experiments on the same data (λ sweeps) decode it
+    once. Under torchrun (``context``) every rank trains each trial and rank 0 alone writes.
     """
     if trial is not None and not 0 <= trial < cfg.num_trials:
         raise ConfigError(f"--trial {trial}: expected 0 <= trial < num_trials = {cfg.num_trials}")
@@ -49,34 +51,39 @@ def run(
              len(splits.train), len(splits.val), len(splits.test), device)
     for index in range(cfg.num_trials) if trial is None else [trial]:
         try:
-            run_trial(cfg, index, splits, device, stop=stop)
+            run_trial(cfg, index, splits, device, stop=stop, context=context)
         except NumericalFault as fault:
-            artifacts.mark_failed(artifacts.trial_folder(cfg, index), str(fault))
+            if context.is_main:
+                artifacts.mark_failed(artifacts.trial_folder(cfg, index), str(fault))
             log.error("%s: %s; trial %d marked failed, its last good checkpoints kept", cfg.Experiment_name, fault, index)
             if cfg.on_trial_failure == "stop":
-                write_report(cfg, out_dir=out_dir)
+                if context.is_main:
+                    write_report(cfg, out_dir=out_dir)
                 raise
-    return write_report(cfg, out_dir=out_dir)
+    return write_report(cfg, out_dir=out_dir) if context.is_main else []
 
 
 def run_trial(
     cfg: ExperimentConfig, index: int, splits: data.Splits, device: torch.device, *, stop: StopRequest = lambda: None,
+    context: Context = distributed.SINGLE,
 ) -> dict[str, Any]:
     """Train, test and save one trial; a finished trial of the same config is not trained again."""
     folder = artifacts.trial_folder(cfg, index)
-    if artifacts.is_finished(folder, cfg):
+    finished, resume = distributed.broadcast((artifacts.is_finished(folder, cfg), artifacts.can_resume(folder, cfg)), context)
+    if finished:
         log.info("trial %d already finished in %s; remove the folder to train it again", index, folder)
         return io.read_json(folder / artifacts.TEST_FILE)
-    resume = artifacts.can_resume(folder, cfg)
     if cfg.checkpoint and not resume and (folder / artifacts.LAST_CHECKPOINT).is_file():
         log.warning("trial folder %s holds a run of another config; training trial %d from scratch", folder, index)
-    artifacts.open_folder(folder, cfg, resume=resume)
+    if context.is_main:
+        artifacts.open_folder(folder, cfg, resume=resume)
+    distributed.barrier(context)
     state = artifacts.load_last(folder, device) if resume else None
-    trial = build_trial(cfg, splits, index=index, device=device, train=True)
+    trial = build_trial(cfg, splits, index=index, device=device, train=True, context=context)
     logger = RunLogger(
         name=folder.name, group=cfg.Experiment_name, config=config.to_dict(cfg), mode=cfg.wandb.mode,
         project=cfg.wandb.project, entity=cfg.wandb.entity, directory=cfg.wandb.dir,
-        resume_id=None if state is None else state["wandb_id"],
+        resume_id=None if state is None else state["wandb_id"], enabled=context.is_main,
     )
     try:
         trainer = Trainer(trial, folder=folder, logger=logger, stop_requested=stop)
@@ -84,10 +91,13 @@ def run_trial(
             trainer.load_state_dict(state)
             log.info("trial %d resumes after epoch %d", index, state["epoch"])
         trainer.fit()
+        distributed.barrier(context)  # rank 0 wrote the best checkpoints every rank now tests
         result = test_trial(trial, folder, {"test": trial.loaders["test"], "val": trial.loaders["val"]})
-        _write_layer_table(trial, folder)
-        io.write_json(folder / artifacts.TEST_FILE, result)
-        logger.summary({"test": result["tasks"], "sparsity": result.get("sparsity", {})})
+        if context.is_main:
+            _write_layer_table(trial, folder)
+            io.write_json(folder / artifacts.TEST_FILE, result)
+            logger.summary({"test": result["tasks"], "sparsity": result.get("sparsity", {})})
+        distributed.barrier(context)
     finally:
         logger.finish()
     log.info("trial %d: %s", index, _short(result))

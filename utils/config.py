@@ -205,6 +205,14 @@ class ExperimentConfig(_Section):
     head_lambda: NonNegFloat | None = None
     on_trial_failure: Literal["continue", "stop"] = "continue"
     skip_bad_samples: Bool = False
+    lr_schedule: Literal["plateau", "constant"] = "plateau"
+    sync_batchnorm: Bool = False
+    # Target-sparsity mode: λ becomes a controlled variable (engine.sparsity_schedule).
+    target_group_sparsity: Annotated[float, Strict(), Field(gt=0, lt=1)] | None = None
+    target_epoch: PosInt | None = None
+    freeze_lambda_after_target: Bool = True
+    finetune_epochs: NonNegInt = 0
+    sparsity_sweep: list[Annotated[float, Strict(), Field(gt=0, lt=1)]] | None = None
 
     _ignored: tuple[str, ...] = PrivateAttr(default=())
 
@@ -258,6 +266,12 @@ class ExperimentConfig(_Section):
         if self.depth_activation == "sigmoid" and self.depth_normalization == "none":
             raise ValueError("depth_activation: 'sigmoid' bounds depth to (0, 1) but depth_normalization 'none' keeps metres; "
                              "use depth_activation 'auto' or 'none', or depth_normalization 'per_image_max'")
+        if (self.target_group_sparsity is not None or self.sparsity_sweep) and not self.group_sparsity:
+            raise ValueError("target_group_sparsity / sparsity_sweep: a sparsity target needs group_sparsity: true")
+        if self.lambda_sweep and self.sparsity_sweep:
+            raise ValueError("lambda_sweep and sparsity_sweep: sweep λ or the sparsity target, not both")
+        if self.target_epoch is not None and self.target_epoch > self.epochs:
+            raise ValueError(f"target_epoch: {self.target_epoch} is after the last epoch ({self.epochs})")
         low, high = self.best_lambda_band
         if not low < high:
             raise ValueError(f"best_lambda_band: expected [low, high] with low < high, got {list(self.best_lambda_band)}")
@@ -324,7 +338,7 @@ def _check_optimizers(cfg: ExperimentConfig) -> None:
         if bb_kind == "sgd":
             raise ValueError("bb_optimizer: 'sgd' has no proximal step for group_sparsity; expected 'adam' or 'adamw' "
                              "(or group_sparsity_optimizer: adamw, the study's choice)")
-        if cfg.bb_optimizer_params.lambda_ is None and not cfg.lambda_sweep:
+        if cfg.bb_optimizer_params.lambda_ is None and not (cfg.lambda_sweep or cfg.target_group_sparsity or cfg.sparsity_sweep):
             raise ValueError("bb_optimizer_params.lambda: None (the study's grid-search file); set a value, "
                              "add lambda_sweep, or run main_gridsearch.py")
     if (cfg.optimizer == "sgd") != (bb_kind == "sgd"):

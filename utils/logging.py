@@ -35,11 +35,11 @@ class RunLogger:
 
     def __init__(
         self, *, name: str, group: str, config: dict[str, Any], mode: str, project: str,
-        entity: str | None, directory: str | Path, resume_id: str | None = None,
+        entity: str | None, directory: str | Path, resume_id: str | None = None, enabled: bool = True,
     ) -> None:
         self._run = None
         mode = os.environ.get("WANDB_MODE", mode)
-        if mode == "disabled":
+        if mode == "disabled" or not enabled:  # enabled=False: not the process that logs (torchrun rank > 0)
             return
         import wandb
 

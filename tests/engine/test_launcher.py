@@ -1,0 +1,85 @@
+"""Many trials at once through submitit's local executor: the same tables as a sequential run; a requeued job resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import submitit
+import torch
+import yaml
+
+import main_multi_trials
+from engine import artifacts, launcher
+from tests import tiny
+from utils import config
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def sweep_file(tmp: Path, data_dir: Path) -> Path:
+    synthetic = {"num_images": 16, "height": 32, "width": 48, "seed": 2}
+    raw = tiny.tiny_raw("grid", tmp / "runs", data_dir, synthetic=synthetic, task_list=["depth_euclidean", "surface_normal"],
+                        num_trials=2, epochs=2, max_batches_per_epoch=2, lambda_sweep=[1e-3, 1e-2])
+    path = tmp / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread here, as in the jobs' processes: the same float summation order, the same numbers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_local_submitit_sweep_gives_the_sequential_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the jobs' processes import the project
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs compute with one thread, as this process does (fixture)
+    data_dir = tmp_path / "nyud"
+    sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
+    for folder in (sequential, parallel):
+        folder.mkdir()
+    monkeypatch.chdir(sequential)
+    assert main_multi_trials.main(["--config_exp", str(sweep_file(sequential, data_dir))]) == 0
+    monkeypatch.chdir(parallel)
+    code = main_multi_trials.main(["--config_exp", str(sweep_file(parallel, data_dir)), "--launcher", "submitit",
+                                   "--cluster", "local", "--submitit_folder", str(parallel / "jobs")])
+    assert code == 0
+    assert len(list((parallel / "jobs").glob("*/*_result.pkl"))) == 4  # 2 λ x 2 trials, one job each
+    for name in ("grid_lambda_0.001_trials.csv", "grid_lambda_0.01_trials.csv", "grid_sweep.csv"):
+        a = pd.read_csv(sequential / "out_csv" / name)
+        b = pd.read_csv(parallel / "out_csv" / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
+
+
+def test_a_requeued_job_resumes_its_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pre-empted job (SIGUSR2, as Slurm signals it) is requeued by submitit and goes on from last.pt."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    synthetic = {"num_images": 16, "height": 32, "width": 48, "seed": 2}
+    cfg = config.validate(tiny.tiny_raw("requeue", tmp_path / "runs", tmp_path / "nyud", synthetic=synthetic, num_trials=1,
+                                        epochs=40, max_batches_per_epoch=1, task_list=["depth_euclidean"], setup="singletask"))
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="local")
+    executor.update_parameters(timeout_min=30)
+    job = executor.submit(launcher.TrialJob(), config.to_dict(cfg), 0)
+    history = artifacts.trial_folder(cfg, 0) / artifacts.LAST_CHECKPOINT
+    while not history.exists() and not job.done():
+        time.sleep(0.1)
+    controller = job._process.pid  # the local executor's controller; the trial runs in its child
+    task = int(Path(f"/proc/{controller}/task/{controller}/children").read_text().split()[0])
+    os.kill(task, signal.SIGUSR2)  # what Slurm sends a job it pre-empts (submitit: checkpoint and requeue)
+    job.result()
+    folder = artifacts.trial_folder(cfg, 0)
+    assert (folder / artifacts.TEST_FILE).is_file()
+    log = "".join(path.read_text() for path in (tmp_path / "jobs").glob("*_log.*"))
+    assert "resumes after epoch" in log and "Requeued" in log
