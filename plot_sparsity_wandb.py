@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine import artifacts
 from engine.measure import surviving_channels
-from engine.trial import Trial, build_trial, resolve
+from engine.trial import Trial, build_trial
 from optim import sparsity
 from utils import config, io, plots, report
 from utils.cli import main_guard
@@ -71,10 +71,7 @@ def trial_figures(folder: Path, *, checkpoint: str | None = None) -> dict[str, P
 
     Everything is read and checked first, so a broken file leaves no figure half-made.
     """
-    cfg = artifacts.load_trial_config(folder, device="cpu")
-    if cfg.num_seg_classes is None:  # a folder of the study's code; its data may be elsewhere
-        classes = artifacts.checkpoint_classes(folder, cfg)
-        cfg = resolve(cfg) if classes is None else cfg.model_copy(update={"num_seg_classes": classes})
+    cfg = artifacts.offline_config(folder)
     trial = build_trial(cfg)
     panels = sparsity_panels(trial, folder, checkpoint)
     spars, metrics = curves(trial, folder)
@@ -82,7 +79,9 @@ def trial_figures(folder: Path, *, checkpoint: str | None = None) -> dict[str, P
     title = (f"{folder.name}: {cfg.dataset_name}, {cfg.setup} ({', '.join(cfg.task_list)}), "
              f"{cfg.backbone}, λ = {lam:g}")
     sparsity_png = plots.sparsity_figure(panels, title=title)
-    curves_png = plots.training_curves_figure(spars, metrics, title=title)
+    train = io.read_json(folder / artifacts.HISTORY_FILES[0])
+    targets = train.get("target_group_sparsity") or [None]
+    curves_png = plots.training_curves_figure(spars, metrics, title=title, lambdas=train.get("lambda", []), target=targets[-1])
     return {"sparsity_plot": plots.save_png(sparsity_png, folder / SPARSITY_PNG),
             "training_curves": plots.save_png(curves_png, folder / CURVES_PNG)}
 

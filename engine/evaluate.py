@@ -22,8 +22,10 @@ import data
 import tasks as task_registry
 from engine import artifacts
 from engine.loop import evaluate
-from engine.measure import inference_cost
+from engine.measure import compact_inference_cost, gflops_per_image, inference_cost
 from engine.trial import Trial, build_trial, resolve
+from models.compact import compact
+from models.multitask import MultiTaskModel
 from optim import sparsity
 from utils import report
 from utils.config import ExperimentConfig
@@ -54,6 +56,9 @@ def test_trial(trial: Trial, folder: Path, loaders: Mapping[str, DataLoader], *,
         artifacts.load_weights(model, weights, source=folder / name)
         if name == artifacts.GLOBAL_CHECKPOINT:
             result["sparsity"] = sparsity.summary(model.backbone)
+            if cfg.sparsity_scope == "backbone+head_inputs":  # the heads' inputs are penalised too: their share zeroed
+                result["sparsity"] |= {f"head_input_sparsity_{task}": value
+                                       for task, value in sparsity.head_input_sparsity(model).items()}
         if name not in plan:
             continue
         subset = {task: trial.tasks[task] for task in plan[name]}
@@ -79,12 +84,27 @@ def evaluate_trial(
     trial = build_trial(cfg, splits)
     result = test_trial(trial, folder, {"test": trial.loaders[split]}, per_task=per_task)
     if measure_cost:
-        model = copy.deepcopy(trial.model)
-        weights, _ = artifacts.read_weights(folder, artifacts.GLOBAL_CHECKPOINT, cfg, device=trial.device)
-        artifacts.load_weights(model, weights, source=folder / artifacts.GLOBAL_CHECKPOINT)
+        model = global_model(trial, folder)
         result["extra"] = inference_cost(model, cfg.image_size, trial.device, batch_size=cfg.test_batch_size,
                                          amp=cfg.amp, channels_last=cfg.channels_last)
+        result["extra"] |= compact_inference_cost(model, cfg.image_size, trial.device, batch_size=cfg.test_batch_size,
+                                                  amp=cfg.amp, channels_last=cfg.channels_last)
     return result
+
+
+def global_model(trial: Trial, folder: Path) -> MultiTaskModel:
+    """A copy of the trial's model holding the global best checkpoint (the trial's model is not touched)."""
+    model = copy.deepcopy(trial.model)
+    weights, _ = artifacts.read_weights(folder, artifacts.GLOBAL_CHECKPOINT, trial.cfg, device=trial.device)
+    artifacts.load_weights(model, weights, source=folder / artifacts.GLOBAL_CHECKPOINT)
+    return model.eval()
+
+
+def compact_size(model: MultiTaskModel, image_size: tuple[int, int], device) -> dict[str, float]:
+    """The compact model's parameters and GFLOPs per image (cheap: no timing), for the tables of every trial."""
+    small = compact(model)
+    return {"params_compact": float(sum(p.numel() for p in small.parameters())),
+            "gflops_compact": gflops_per_image(small, image_size, device)}
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,40 @@
 """Measurements of a trained model beyond its metrics: inference cost and surviving channels.
 
-Sparsity only pays off when it shows in size, FLOPs and latency, so evaluation reports them
-next to the metrics. They are measured on the dense architecture (zeroed channels still cost
-time here); training never calls this module, since latency measurement is slow on a CPU.
+Sparsity only pays off when it shows in size, FLOPs, memory and latency, so evaluation reports
+them next to the metrics. :func:`inference_cost` measures the model as trained, where zeroed
+channels still cost time; :func:`compact_inference_cost` measures its compact form
+(:func:`models.compact.compact`), where what they made dead is gone. Training never calls this
+module, since latency measurement is slow on a CPU.
+
+Latency is the median of ``torch.utils.benchmark.Timer.blocked_autorange`` (blocks of runs
+until ``MIN_RUN_TIME_S`` has passed, after a warm-up run) at the process's thread count.
+Peak activation memory is counted, not sampled: every tensor storage that an operator creates
+during one forward pass is tracked until its last tensor dies, and the peak of their summed
+bytes is reported. Inputs, parameters and buffers are not counted; kernel-internal scratch
+buffers (e.g. a convolution's workspace) and allocator caching are invisible to it. It is the
+memory the model's tensors need, comparable across models and devices.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from types import MappingProxyType
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.runtime import autocast
+from models.compact import compact
 from optim import sparsity
 from utils.plots import LayerChannels
 
-#: (warm-up, timed) forward passes per latency measurement; CPUs are slow, so fewer there.
-REPEATS = MappingProxyType({"cpu": (1, 5), "cuda": (10, 30)})
+#: Seconds of timed runs per latency measurement (``blocked_autorange``'s ``min_run_time``).
+MIN_RUN_TIME_S = 0.2
 
 
 def dense_size(model: nn.Module) -> dict[str, float]:
@@ -46,30 +60,87 @@ def gflops_per_image(model: nn.Module, image_size: tuple[int, int], device: torc
     return counter.get_total_flops() / 1e9
 
 
+def median_seconds(
+    run: Callable[[], Any], *, min_run_time: float | None = None, clock: Callable[[], float] | None = None,
+) -> float:
+    """Median seconds of one ``run()`` after one warm-up call, at the current torch thread count.
+
+    ``Timer`` synchronises CUDA around each block; its own default of one thread would time
+    a CPU model on a single core. ``min_run_time`` defaults to ``MIN_RUN_TIME_S``; ``clock``
+    replaces the wall clock (``time.process_time`` counts only this process's CPU time:
+    single-threaded runs on a shared machine).
+    """
+    run()
+    timer = Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads(),
+                  **({} if clock is None else {"timer": clock}))
+    return timer.blocked_autorange(min_run_time=MIN_RUN_TIME_S if min_run_time is None else min_run_time).median
+
+
 @torch.inference_mode()
 def latency_ms(
     model: nn.Module, image_size: tuple[int, int], device: torch.device, *,
     batch_size: int, amp: bool = False, channels_last: bool = False,
 ) -> float:
-    """Median milliseconds per image of a forward pass at ``batch_size``, after warm-up."""
+    """Median milliseconds per image of a forward pass at ``batch_size``."""
     model.eval()
     images = _images(batch_size, image_size, device, channels_last)
-    warmup, timed = REPEATS["cuda" if device.type == "cuda" else "cpu"]
-    times = []
-    for step in range(warmup + timed):
-        _synchronize(device)
-        started = time.perf_counter()
+
+    def forward() -> None:
         with autocast(device, amp):
             model(images)
-        _synchronize(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - started)
-    return 1000.0 * statistics.median(times) / batch_size
+
+    return 1000.0 * median_seconds(forward) / batch_size
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class _LiveStorages(TorchDispatchMode):
+    """Bytes of the storages created by operators and still referenced by a tensor, and their peak."""
+
+    def __init__(self, external: list[Tensor]) -> None:
+        super().__init__()
+        self._skip = {t.untyped_storage().data_ptr() for t in external}
+        self._refs: dict[int, int] = {}
+        self.live = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for tensor in pytree.tree_leaves(out):
+            if isinstance(tensor, Tensor):
+                self._track(tensor)
+        return out
+
+    def _track(self, tensor: Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self._skip or storage.nbytes() == 0:
+            return
+        if key not in self._refs:
+            self._refs[key] = 0
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+        self._refs[key] += 1  # views and in-place results share the storage: counted once
+        weakref.finalize(tensor, self._release, key, storage.nbytes())
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._refs[key] -= 1
+        if self._refs[key] == 0:
+            del self._refs[key]
+            self.live -= nbytes
+
+
+@torch.inference_mode()
+def peak_activation_mb(
+    model: nn.Module, image_size: tuple[int, int], device: torch.device, *, batch_size: int = 1,
+    amp: bool = False, channels_last: bool = False,
+) -> float:
+    """Peak MB (10^6 bytes) of live activations during one forward pass (see the module docstring)."""
+    model.eval()
+    images = _images(batch_size, image_size, device, channels_last)
+    tracker = _LiveStorages([images, *model.parameters(), *model.buffers()])
+    with tracker, autocast(device, amp):
+        outputs = model(images)
+    del outputs
+    return tracker.peak / 1e6
 
 
 def inference_cost(
@@ -82,6 +153,31 @@ def inference_cost(
     for size in dict.fromkeys((1, batch_size)):
         cost[f"latency_ms_batch{size}"] = latency_ms(
             model, image_size, device, batch_size=size, amp=amp, channels_last=channels_last)
+    return cost
+
+
+def compact_inference_cost(
+    model: nn.Module, image_size: tuple[int, int], device: torch.device, *,
+    batch_size: int, amp: bool = False, channels_last: bool = False,
+) -> dict[str, float]:
+    """The cost of ``model``'s compact form, and the peak activations (batch 1) of both, as flat columns.
+
+    Columns: ``params_compact``, ``gflops_compact``, ``latency_compact_ms_batch1``,
+    ``latency_compact_ms_batch<batch_size>`` (ms per image, as :func:`inference_cost`),
+    ``peak_activation_mb`` (``model``) and ``peak_activation_mb_compact``.
+    """
+    small = compact(model)
+    if channels_last:
+        small = small.to(memory_format=torch.channels_last)
+    cost = {
+        "params_compact": float(sum(p.numel() for p in small.parameters())),
+        "gflops_compact": gflops_per_image(small, image_size, device),
+    }
+    for size in dict.fromkeys((1, batch_size)):
+        cost[f"latency_compact_ms_batch{size}"] = latency_ms(
+            small, image_size, device, batch_size=size, amp=amp, channels_last=channels_last)
+    for key, net in (("peak_activation_mb", model), ("peak_activation_mb_compact", small)):
+        cost[key] = peak_activation_mb(net, image_size, device, amp=amp, channels_last=channels_last)
     return cost
 
 

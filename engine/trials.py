@@ -7,7 +7,6 @@ continue`` (default) the next trial runs and the summary aggregates the finished
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import data
 from engine import artifacts, distributed
 from engine.distributed import Context
-from engine.evaluate import test_trial
+from engine.evaluate import compact_size, global_model, test_trial
 from engine.runtime import resolve_device
 from engine.trainer import Trainer
 from engine.trial import Trial, build_trial, resolve
@@ -94,6 +93,7 @@ def run_trial(
         distributed.barrier(context)  # rank 0 wrote the best checkpoints every rank now tests
         result = test_trial(trial, folder, {"test": trial.loaders["test"], "val": trial.loaders["val"]})
         if context.is_main:
+            result["extra"] = compact_size(global_model(trial, folder), cfg.image_size, device)
             _write_layer_table(trial, folder)
             io.write_json(folder / artifacts.TEST_FILE, result)
             logger.summary({"test": result["tasks"], "sparsity": result.get("sparsity", {})})
@@ -105,15 +105,15 @@ def run_trial(
 
 
 def _write_layer_table(trial: Trial, folder: Path) -> None:
-    """Per-layer sparsity of the global best checkpoint, as ``sparsity_layers.csv`` (and the console)."""
-    model = copy.deepcopy(trial.model)
-    weights, _ = artifacts.read_weights(folder, artifacts.GLOBAL_CHECKPOINT, trial.cfg, device=trial.device)
-    artifacts.load_weights(model, weights, source=folder / artifacts.GLOBAL_CHECKPOINT)
-    layers = sparsity.layer_table(model.backbone)
+    """Per-layer sparsity of the global best checkpoint (backbone and the heads' input layers), as
+    ``sparsity_layers.csv``; the backbone's table goes to the console too."""
+    model = global_model(trial, folder)
+    layers = sparsity.task_layer_table(model)
     io.write_text(folder / artifacts.LAYER_TABLE, layers.to_csv(index=False))
     if trial.cfg.group_sparsity:
+        shared = layers[layers["task"] == "shared"].drop(columns=["task"])
         log.info("trial %d, backbone sparsity per layer (%s):\n%s", trial.index, artifacts.GLOBAL_CHECKPOINT,
-                 layers.to_string(index=False))
+                 shared.to_string(index=False))
 
 
 def write_report(cfg: ExperimentConfig, out_dir: str | Path = "out_csv") -> list[dict[str, Any]]:

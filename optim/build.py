@@ -26,10 +26,11 @@ def build(spec: OptimizerSpec, model: nn.Module, *, extra: Iterable[Tensor] = ()
     schema has already refused the combinations that cannot be built.
     """
     groups = param_groups(
-        model, bb_params=spec.backbone, head_params=spec.head, group_sparsity=spec.group_sparsity, extra=extra,
+        model, bb_params=spec.backbone, head_params=spec.head, group_sparsity=spec.group_sparsity,
+        scope=spec.scope, head_lambda=spec.head_lambda, extra=extra,
     )
     if spec.backbone_kind == "sgd":
-        return torch.optim.SGD(groups, lr=spec.backbone.learning_rate, nesterov=True)
+        return torch.optim.SGD(groups, lr=spec.backbone.learning_rate, momentum=spec.backbone.momentum, nesterov=True)
     for group in groups:
         kind = spec.backbone_kind if group["name"].startswith("backbone") else spec.head_kind
         group["decoupled_weight_decay"] = kind == "adamw"
@@ -37,12 +38,16 @@ def build(spec: OptimizerSpec, model: nn.Module, *, extra: Iterable[Tensor] = ()
 
 
 def set_lambda(optimizer: Optimizer, value: float) -> int:
-    """Set λ of every penalised group (λ schedules); returns how many groups changed."""
+    """Set the backbone's λ (schedules, the target controller); returns how many groups changed.
+
+    A group with ``lambda_scale`` (the heads' input groups under ``head_lambda``) keeps its
+    ratio to the backbone's λ.
+    """
     if not value >= 0:
         raise ValueError(f"Invalid lambda_ value: {value}")
     groups = penalised(optimizer)
     for group in groups:
-        group["lambda_"] = float(value)
+        group["lambda_"] = float(value) * group.get("lambda_scale", 1.0)
     return len(groups)
 
 

@@ -9,6 +9,11 @@ All fractions are in [0, 1]. Over the 4-D weights ``W[out, in, kh, kw]`` of a mo
   weights outside zero groups.
 
 Overall values are ratios of the summed counts, not means of the per-layer fractions.
+
+Per task head (a model with ``backbone.out_channels`` and ``heads``): its input layers are
+those that read the backbone's features (:func:`optim.groups.head_input_layers`); a backbone
+channel is unread by a head when its group is zero in every one of them, which is what the
+``backbone+head_inputs`` scope creates and ``models.compact`` removes from that head.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from optim.groups import head_input_layers
 from optim.prox import group_size
 
 _COUNTS = ("zero_groups", "total_groups", "zero_filters", "total_filters", "nonzero_params", "total_params")
@@ -32,7 +38,10 @@ def conv_weights(module: nn.Module) -> dict[str, Tensor]:
 
 def layer_table(module: nn.Module) -> pd.DataFrame:
     """One row per conv layer: counts and the three sparsity fractions."""
-    weights = conv_weights(module)
+    return _table(conv_weights(module))
+
+
+def _table(weights: dict[str, Tensor]) -> pd.DataFrame:
     table = pd.DataFrame(_counts(weights.values()), columns=list(_COUNTS))
     table.insert(0, "layer", list(weights))
     table.insert(1, "shape", [tuple(w.shape) for w in weights.values()])
@@ -54,6 +63,40 @@ def summary(module: nn.Module) -> dict[str, float]:
     }
 
 
+def head_input_sparsity(model: nn.Module) -> dict[str, float]:
+    """Per task: the fraction of the backbone's channels that its head no longer reads."""
+    channels = model.backbone.out_channels
+    result = {}
+    for task, head in model.heads.items():
+        read = torch.zeros(channels, dtype=torch.bool)
+        for _, layer in head_input_layers(head, channels):
+            weight = layer.weight.detach()
+            read |= (weight.flatten(2) if weight.ndim > 2 else weight[..., None]).ne(0).any(2).any(0).cpu()
+        result[task] = 1 - float(read.sum()) / channels
+    return result
+
+
+def task_layer_table(model: nn.Module) -> pd.DataFrame:
+    """:func:`layer_table` rows of the backbone (``task`` "shared") and of every head's input layers.
+
+    Layer names are the model's (``backbone.…``, ``heads.<task>.…``); the head rows count the
+    input groups of their task's head, so their group sparsity is the head-input sparsity per layer.
+    """
+    channels = model.backbone.out_channels
+    parts = [_with_task(layer_table(model.backbone), "shared", "backbone.")]
+    for task, head in model.heads.items():
+        layers = head_input_layers(head, channels)
+        weights = {name: layer.weight for name, layer in layers}
+        parts.append(_with_task(_table(weights), task, f"heads.{task}."))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _with_task(table: pd.DataFrame, task: str, prefix: str) -> pd.DataFrame:
+    table["layer"] = prefix + table["layer"]
+    table.insert(0, "task", task)
+    return table
+
+
 def _counts(weights: Iterable[Tensor]) -> list[list[int]]:
     """Per layer: zero/total groups, zero/total filters, params outside zero groups/total."""
     weights = list(weights)
@@ -62,7 +105,7 @@ def _counts(weights: Iterable[Tensor]) -> list[list[int]]:
     zeros = []
     for w in weights:
         nonzero = w.detach() != 0
-        zeros.append(torch.stack([(~nonzero.any(0).flatten(1).any(1)).sum(), (~nonzero.flatten(1).any(1)).sum()]))
+        zeros.append(torch.stack([(~nonzero.any(0).reshape(w.shape[1], -1).any(1)).sum(), (~nonzero.reshape(w.shape[0], -1).any(1)).sum()]))
     device = weights[0].device
     rows = []
     for w, (zero_groups, zero_filters) in zip(weights, torch.stack([z.to(device) for z in zeros]).tolist()):

@@ -51,9 +51,10 @@ def trial_row(test_dict: Mapping[str, Any], *, trial: int) -> dict[str, Any]:
     for task, metrics in test_dict["tasks"].items():
         for metric, value in metrics.items():
             row[f"{task}_{metric}"] = value
-    for key in SPARSITY_COLUMNS:
-        if key in test_dict.get("sparsity", {}):
-            row[key] = test_dict["sparsity"][key]
+    measures = test_dict.get("sparsity", {})
+    for key in [*SPARSITY_COLUMNS, *sorted(k for k in measures if k.startswith("head_input_sparsity_"))]:
+        if key in measures:
+            row[key] = measures[key]
     for key, value in test_dict.get("extra", {}).items():
         row[key] = value
     return row

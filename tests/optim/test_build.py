@@ -1,5 +1,6 @@
-"""optim.build: parameter groups, optimizer kinds, config errors, and the trainer's knobs."""
+"""optim.build: parameter groups, optimizer kinds, unbuildable configs, and the trainer's knobs."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 import optim
 from optim import ProxAdam, param_groups, penalty_tensor, set_lambda, set_prox
 from optim.sparsity import penalty
+from utils.config import OptimizerSpec, validate
 from utils.errors import ConfigError
 
 
@@ -20,14 +22,14 @@ class Model(nn.Module):
 
 
 def rates(lr: float, wd: float, **extra: object) -> SimpleNamespace:
-    fields = dict(learning_rate=lr, betas=(0.9, 0.99), weight_decay=wd, penalty="l1_l2", lambda_=1e-3, gamma=3.0,
-                  momentum=0.8)
+    fields = dict(learning_rate=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd, penalty="l1_l2", lambda_=1e-3,
+                  gamma=3.0, momentum=0.8)
     return SimpleNamespace(**{**fields, **extra})
 
 
-def config(head: str = "adam", backbone: str = "adamw", sparsity: bool = True, **bb: object) -> SimpleNamespace:
-    return SimpleNamespace(optimizer=head, optimizer_params=rates(1e-3, 0.01, penalty=None), bb_optimizer=backbone,
-                           bb_optimizer_params=rates(1e-4, 0.1, **bb), group_sparsity=sparsity)
+def config(head: str = "adam", backbone: str = "adamw", sparsity: bool = True, **bb: object) -> OptimizerSpec:
+    return OptimizerSpec(head_kind=head, head=rates(1e-3, 0.01, penalty=None), backbone_kind=backbone,
+                         backbone=rates(1e-4, 0.1, **bb), group_sparsity=sparsity)
 
 
 def by_name(opt: torch.optim.Optimizer) -> dict:
@@ -58,25 +60,24 @@ def test_no_group_sparsity_means_no_penalty() -> None:
 
 
 def test_sgd_on_both_sides_without_sparsity() -> None:
-    opt = optim.build(config("sgd", "SGD", sparsity=False), Model())
+    opt = optim.build(config("sgd", "sgd", sparsity=False), Model())
     assert type(opt) is torch.optim.SGD
     groups = by_name(opt)
     assert groups["backbone_conv"]["momentum"] == 0.8 and groups["heads"]["lr"] == 1e-3
 
 
 @pytest.mark.parametrize(
-    ("cfg", "message"),
+    ("keys", "message"),
     [
-        (config("sgd", "sgd", sparsity=True), "bb_optimizer: 'sgd'"),
-        (config("sgd", "adam", sparsity=False), "cannot be mixed"),
-        (config("adam", "sgd", sparsity=False), "cannot be mixed"),
-        (config("rmsprop", "adam"), "optimizer: 'rmsprop' is not supported; expected one of adam, adamw, sgd"),
-        (config(penalty=None), "bb_optimizer_params.penalty"),
+        ({"optimizer": "sgd", "bb_optimizer": "sgd", "group_sparsity_optimizer": "bb_optimizer"}, "bb_optimizer: 'sgd'"),
+        ({"optimizer": "sgd", "bb_optimizer": "adam", "group_sparsity": False}, "cannot be mixed"),
+        ({"optimizer": "adam", "bb_optimizer": "sgd", "group_sparsity": False}, "cannot be mixed"),
+        ({"bb_optimizer_params": {"penalty": None}}, "bb_optimizer_params.penalty"),
     ],
 )
-def test_config_errors_name_the_key(cfg: SimpleNamespace, message: str) -> None:
+def test_unbuildable_optimizers_are_config_errors(keys: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        optim.build(cfg, Model())
+        validate({"Experiment_name": "t", "task_list": ["segmentsemantic"], "group_sparsity": True, **keys})
 
 
 def test_parameters_outside_backbone_and_heads_are_refused() -> None:
@@ -103,5 +104,37 @@ def test_build_works_with_the_project_config() -> None:
     config_module = pytest.importorskip("utils.config")
     cfg = config_module.ExperimentConfig(Experiment_name="t", task_list=["segmentsemantic"], group_sparsity=True,
                                          optimizer="adam", bb_optimizer="adamw")
-    opt = optim.build(cfg, Model())
+    opt = optim.build(cfg.optimizer_spec, Model())
     assert by_name(opt)["backbone_conv"]["penalty"] == cfg.bb_optimizer_params.penalty
+
+
+class HeadModel(nn.Module):
+    """A backbone and real heads (their first layers read the backbone's channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from models.heads import ClassificationHead
+
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False))
+        self.backbone.out_channels = 8
+        self.heads = nn.ModuleDict({"a": ClassificationHead(8, 1)})
+
+
+def test_head_inputs_join_the_prox_and_keep_their_ratio_to_the_backbones_lambda() -> None:
+    spec = dataclasses.replace(config(), scope="backbone+head_inputs", head_lambda=2e-3)
+    model = HeadModel()
+    opt = optim.build(spec, model)
+    groups = by_name(opt)
+    assert groups["head_inputs"]["params"] == [model.heads["a"].features[0].weight]
+    assert groups["head_inputs"]["lambda_scale"] == pytest.approx(2.0) and groups["head_inputs"]["penalty"] == "l1_l2"
+    assert set_lambda(opt, 0.5) == 2
+    assert groups["head_inputs"]["lambda_"] == pytest.approx(1.0) and groups["backbone_conv"]["lambda_"] == 0.5
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ({"head_lambda": 1e-3}, "only sparsity_scope"),
+    ({"head_lambda": 1e-3, "sparsity_scope": "backbone+head_inputs", "bb_optimizer_params": {"lambda": 0.0}}, "ratio"),
+])
+def test_head_lambda_needs_its_scope_and_a_backbone_lambda(keys: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate({"Experiment_name": "t", "task_list": ["segmentsemantic"], "group_sparsity": True, **keys})

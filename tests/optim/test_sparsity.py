@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from optim.sparsity import layer_table, penalty, summary
+from models.heads import build_head
+from optim.sparsity import head_input_sparsity, layer_table, penalty, summary, task_layer_table
 
 
 def module() -> nn.Module:
@@ -66,3 +67,33 @@ def test_penalty_values_and_zero_subgradient() -> None:
     assert penalty(model, penalty="group_mcp", lam=lam, gamma=gamma).item() == pytest.approx(mcp)
     penalty(model, lam=0.1).backward()
     assert torch.isfinite(model[1].weight.grad).all() and model[1].weight.grad[:, 0].abs().sum() == 0
+
+
+def two_head_model() -> nn.Module:
+    """A 1-conv backbone of 8 channels; head "seg" reads channels 2..7, head "male" all but channel 0."""
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False))
+    model.backbone.out_channels = 8
+    model.heads = nn.ModuleDict({"seg": build_head("dense", 8, 3, head_channels=4), "male": build_head("classification", 8, 1)})
+    with torch.no_grad():
+        for module in model.heads["seg"].modules():
+            if isinstance(module, nn.Conv2d) and module.in_channels == 8:
+                module.weight[:, :2] = 0
+        model.heads["seg"][0].convs[1][0].weight[:, 2:5] = 0  # one branch drops more: still read by the others
+        model.heads["male"].features[0].weight[:, 0] = 0
+    return model
+
+
+def test_head_input_sparsity_counts_channels_no_input_layer_of_the_head_reads() -> None:
+    assert head_input_sparsity(two_head_model()) == pytest.approx({"seg": 2 / 8, "male": 1 / 8})
+
+
+def test_task_layer_table_has_shared_and_per_head_rows() -> None:
+    table = task_layer_table(two_head_model())
+    assert table["task"].tolist() == ["shared"] + ["seg"] * 5 + ["male"]
+    assert table["layer"].tolist()[:3] == ["backbone.0", "heads.seg.0.convs.0.0", "heads.seg.0.convs.1.0"]
+    rows = table.set_index("layer")
+    assert rows.loc["heads.seg.0.convs.1.0", "zero_groups"] == 5 and rows.loc["heads.seg.0.convs.0.0", "zero_groups"] == 2
+    assert rows.loc["heads.male.features.0", "group_sparsity"] == pytest.approx(1 / 8)
+    assert list(table.columns[:3]) == ["task", "layer", "shape"]

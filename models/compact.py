@@ -1,0 +1,501 @@
+"""Physical removal of what zero input-channel groups make dead: a smaller model, same eval outputs.
+
+:func:`compact` turns a sparse :class:`~models.multitask.MultiTaskModel` (ResNet-D or
+torchvision backbone, ASPP and attribute heads) into a :class:`CompactModel` whose eval-mode
+outputs equal the sparse model's up to float rounding, with fewer parameters, FLOPs and
+activations. The compact model is for inference only: BatchNorm keeps its running statistics
+(with folded constants), so training it would change its meaning.
+
+What is removed, tensor by tensor (every conv is followed by BatchNorm in the backbone):
+
+- *Constants first.* A filter whose weights are zero on every input that varies outputs a
+  per-channel constant: BatchNorm's value at the folded input, through ReLU. A constant input
+  channel folds into a consumer's BatchNorm (its ``running_mean``) when the arithmetic is
+  exact: the consumer has no padding (1x1 convs: shortcuts, Bottleneck ends), or the constant
+  is 0. A 3x3 conv with zero padding sees a constant map as non-constant at the borders, so
+  there the channel is kept and computed. Head layers get zeros dropped, nothing folded.
+- *Then liveness, from the heads back to the image.* A channel is kept only while some consumer
+  reads it: a conv whose input group is non-zero (and not folded), or an identity shortcut
+  whose output channel is kept. Each head reads only its own channels (an index per head), so
+  a head whose input groups are zero shrinks although other heads read those channels; the
+  backbone's output keeps their union. Along a residual stream every position has its own
+  channel set (identity shortcuts select the next one's), so a channel the heads stopped
+  reading leaves the last block while earlier blocks still compute it for their consumers.
+- A residual branch whose last conv reads nothing is a per-channel constant, added to the
+  shortcut in place of the branch.
+- A conv left reading nothing while some of its outputs are still needed (a constant that
+  cannot fold) keeps one zeroed input column, so every conv has an input.
+
+Every conv reads its kept inputs through an ``index_select`` when they are a strict subset of
+the channels its input tensor carries. The result is described by :attr:`CompactModel.spec`
+(plain data: per layer its geometry, channel counts, gather indices and the original channel
+ids kept) plus a state_dict; :func:`save` / :func:`load` write and read both with
+``torch.load(weights_only=True)``, without pickled classes.
+
+Torch-Pruning (``tp.DependencyGraph``) was evaluated for the channel surgery and is not used.
+Its groups express the interior case cleanly (conv1's filter j, bn1's channel j and conv2's
+input j are one group), but not the rest of the study's cases: a residual-stream channel forms
+one group spanning every block of the stage and every head, so it can be removed only from all
+of them at once (no per-head index, no per-position streams; a gather would be a new operation,
+which its graph surgery never adds); it removes channels but does not fold the removed
+channel's BatchNorm constant into a consumer, nor tell exact folds (1x1) from inexact ones
+(zero-padded 3x3 borders); and it cannot replace a fully zero residual branch by a constant
+(pruning every channel of a conv leaves an empty layer). The rules above already decide the
+interior channels with the same code as the rest, so a second mechanism for that one case
+would only add a dependency and a second source of truth.
+
+    python -m models.compact --exp_folder_path runs/demo_synthetic_trial_0 --onnx compact.onnx
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+
+from models.heads import ClassificationHead, DenseHead, build_head
+from models.multitask import MultiTaskModel
+from optim.groups import head_input_layers
+from utils import checkpoint as ckpt
+from utils.errors import DataError
+
+#: Marks a compact-model file; ``VERSION`` changes when the spec's layout does.
+FORMAT = "gsmtl-compact"
+VERSION = 1
+
+Spec = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- compact modules
+class ConvUnit(nn.Module):
+    """Gather the kept input channels (``index``; all when None), conv, BatchNorm, optional ReLU."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(spec["in"], spec["out"], tuple(spec["kernel"]), stride=tuple(spec["stride"]),
+                              padding=tuple(spec["padding"]), dilation=tuple(spec["dilation"]), bias=False)
+        self.bn = nn.BatchNorm2d(spec["out"], eps=spec["eps"])
+        self.relu = bool(spec["relu"])
+        self.register_buffer("index", _index(spec["index"]), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.index is not None:
+            x = x.index_select(1, self.index)
+        x = self.bn(self.conv(x))
+        return x.relu_() if self.relu else x
+
+
+class CompactBlock(nn.Module):
+    """``relu(branch(x) + shortcut(x))``; a constant branch is a buffer, an identity shortcut a gather."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        branch = spec["branch"]
+        self.branch = None if branch is None else nn.Sequential(*(ConvUnit(unit) for unit in branch))
+        self.shortcut = None if spec["shortcut"] is None else ConvUnit(spec["shortcut"])
+        self.register_buffer("shortcut_index", _index(spec["shortcut_index"]), persistent=False)
+        self.register_buffer("constant", torch.zeros(len(spec["kept"])) if branch is None else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.shortcut is not None:
+            residual = self.shortcut(x)
+        else:
+            residual = x if self.shortcut_index is None else x.index_select(1, self.shortcut_index)
+        if self.branch is None:
+            return (residual + self.constant[:, None, None]).relu_()
+        out = self.branch(x)
+        out += residual
+        return out.relu_()
+
+
+class CompactBackbone(nn.Module):
+    """Stem then ``layer1`` … ``layer4`` of compact blocks, like :class:`~models.backbones.ResNetBackbone`."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        stem: list[nn.Module] = [ConvUnit(unit) for unit in spec["stem"]]
+        if spec["pool"] is not None:
+            stem.append(nn.MaxPool2d(**spec["pool"]))
+        self.stem = nn.Sequential(*stem)
+        for i, stage in enumerate(spec["stages"], start=1):
+            setattr(self, f"layer{i}", nn.Sequential(*(CompactBlock(block) for block in stage)))
+        self.out_channels = int(spec["out_channels"])
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.stem(images)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+
+class GatheredHead(nn.Module):
+    """A task head reading only its own backbone channels (``index`` into the compact features)."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.head = build_head(spec["kind"], spec["in_channels"], spec["out_channels"], head_channels=spec["head_channels"])
+        self.register_buffer("index", _index(spec["index"]), persistent=False)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.head(features if self.index is None else features.index_select(1, self.index))
+
+
+class CompactModel(MultiTaskModel):
+    """The compact model of ``spec``: ``forward(images, tasks=None)`` as :class:`MultiTaskModel`'s.
+
+    Built in eval mode (its BatchNorm statistics carry folded constants). ``spec`` is plain
+    data; the weights come from ``load_state_dict``.
+    """
+
+    def __init__(self, spec: Spec) -> None:
+        heads = nn.ModuleDict({task: GatheredHead(head) for task, head in spec["heads"].items()})
+        super().__init__(CompactBackbone(spec["backbone"]), heads)
+        self.spec = spec
+        self.eval()
+
+
+def _index(values: Sequence[int] | None) -> Tensor | None:
+    return None if values is None else torch.tensor(values, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------- the sparse model
+@dataclass(frozen=True)
+class _Layer:
+    """A conv of the sparse model with its BatchNorm (eval statistics) and whether ReLU follows."""
+
+    name: str
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+    relu: bool
+
+    def __post_init__(self) -> None:
+        if self.conv.groups != 1 or self.conv.padding_mode != "zeros" or self.conv.bias is not None:
+            raise TypeError(f"{self.name}: compact handles bias-free, ungrouped, zero-padded convs")
+        if not (self.bn.affine and self.bn.track_running_stats):
+            raise TypeError(f"{self.name}: compact needs BatchNorm with affine parameters and running statistics")
+
+    @property
+    def foldable(self) -> bool:
+        """Without padding, a constant input map gives a constant output map: exact to fold."""
+        return all(p == 0 for p in self.conv.padding)
+
+    def constants(self, use: _Use) -> Tensor:
+        """Output constants after BatchNorm (and ReLU); NaN where the output varies."""
+        bn = self.bn
+        value = (use.shift - bn.running_mean.double()) * (bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt())
+        value = value + bn.bias.double()
+        if self.relu:
+            value = value.clamp_min(0)
+        varies = (use.touch & ~use.absorbed).any(1)
+        return torch.where(varies, torch.nan, value)
+
+
+@dataclass(frozen=True)
+class _Block:
+    branch: list[_Layer]
+    shortcut: _Layer | None
+
+
+class _Use:
+    """A weight applied to a tensor with known per-channel constants (NaN where a channel varies).
+
+    ``touch[i, j]``: filter i has a non-zero weight on input j. ``absorbed[j]``: input j needs no
+    tensor, its contribution being zero or a constant folded into ``shift`` (before BatchNorm).
+    """
+
+    def __init__(self, weight: Tensor, constants: Tensor, *, fold: bool) -> None:
+        w = weight.detach().double().cpu()
+        known = ~constants.isnan()
+        self.touch = w.flatten(2).ne(0).any(2) if w.ndim > 2 else w.ne(0)
+        self.absorbed = known & ((constants == 0) | fold)
+        folded = torch.where(self.absorbed, constants, 0.0)
+        self.shift = (w.flatten(2).sum(2) if w.ndim > 2 else w) @ folded
+
+    def reads(self, outputs: Tensor) -> Tensor:
+        """Inputs that the filters ``outputs`` (a mask) must read as tensors."""
+        return (self.touch[outputs] & ~self.absorbed).any(0)
+
+
+def _layer(name: str, conv: nn.Module, bn: nn.Module, relu: bool) -> _Layer:
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+        raise TypeError(f"{name}: expected Conv2d then BatchNorm2d, got {type(conv).__name__}, {type(bn).__name__}")
+    return _Layer(name, conv, bn, relu)
+
+
+def _stem(stem: nn.Module) -> tuple[list[_Layer], nn.MaxPool2d | None]:
+    """The stem as conv-BN(-ReLU) layers and an optional final max-pool."""
+    modules = list(stem.named_children())
+    layers: list[_Layer] = []
+    i = 0
+    while i < len(modules) and isinstance(modules[i][1], nn.Conv2d):
+        relu = i + 2 < len(modules) and isinstance(modules[i + 2][1], nn.ReLU)
+        layers.append(_layer(f"backbone.stem.{modules[i][0]}", modules[i][1], modules[i + 1][1], relu))
+        i += 3 if relu else 2
+    rest = [module for _, module in modules[i:]]
+    if not layers or len(rest) > 1 or (rest and not isinstance(rest[0], nn.MaxPool2d)):
+        raise TypeError("the stem must be conv-BN-ReLU layers and at most one final MaxPool2d")
+    return layers, (rest[0] if rest else None)
+
+
+def _block(name: str, block: nn.Module) -> _Block:
+    if isinstance(block, tv_resnet.Bottleneck):
+        count = 3
+    elif isinstance(block, tv_resnet.BasicBlock):
+        count = 2
+    else:
+        raise TypeError(f"{name}: expected a torchvision BasicBlock or Bottleneck, got {type(block).__name__}")
+    branch = [_layer(f"{name}.conv{i}", getattr(block, f"conv{i}"), getattr(block, f"bn{i}"), relu=i < count)
+              for i in range(1, count + 1)]
+    shortcut = None
+    if block.downsample is not None:
+        conv, bn = list(block.downsample.children())
+        shortcut = _layer(f"{name}.downsample", conv, bn, relu=False)
+    return _Block(branch, shortcut)
+
+
+def _head_kind(task: str, head: nn.Module) -> dict[str, Any]:
+    """What :func:`models.heads.build_head` needs to rebuild ``head`` (besides its input channels)."""
+    if isinstance(head, DenseHead):
+        return {"kind": "dense", "out_channels": head[-1].out_channels, "head_channels": head[1].in_channels}
+    if isinstance(head, ClassificationHead):
+        return {"kind": "classification", "out_channels": head.classifier[-1].out_features,
+                "head_channels": head.features[0].out_channels}
+    raise TypeError(f"head '{task}': compact handles DenseHead and ClassificationHead, got {type(head).__name__}")
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class _Unit:
+    """A layer in the compact model: the filters it keeps and the inputs it reads (masks)."""
+
+    layer: _Layer
+    use: _Use
+    outputs: Tensor
+    reads: Tensor
+
+
+@dataclass
+class _BlockPlan:
+    outputs: Tensor
+    branch: list[_Unit] | None
+    constant: Tensor | None
+    shortcut: _Unit | None
+    inputs: Tensor
+
+
+def _at_least_one(mask: Tensor, prefer: Tensor | None = None) -> Tensor:
+    """``mask``, or one channel (of ``prefer`` if any) when it is empty: every conv keeps an input."""
+    if mask.any():
+        return mask
+    one = torch.zeros_like(mask)
+    one[int(prefer.nonzero()[0]) if prefer is not None and prefer.any() else 0] = True
+    return one
+
+
+def _chain(layers: Sequence[_Layer], constants: Tensor) -> list[_Use]:
+    uses = []
+    for layer in layers:
+        uses.append(_Use(layer.conv.weight, constants, fold=layer.foldable))
+        constants = layer.constants(uses[-1])
+    return uses
+
+
+def _chain_back(layers: Sequence[_Layer], uses: Sequence[_Use], outputs: Tensor) -> list[_Unit]:
+    """Units of a conv chain from the needed outputs of its last layer; the first unit's reads may be empty."""
+    units = []
+    for i in reversed(range(len(layers))):
+        reads = uses[i].reads(outputs)
+        if i > 0:
+            reads = _at_least_one(reads)
+        units.append(_Unit(layers[i], uses[i], outputs, reads))
+        outputs = reads
+    return units[::-1]
+
+
+def _plan_block(block: _Block, uses: list[_Use], shortcut: _Use | None, outputs: Tensor) -> _BlockPlan:
+    """Which channels a block keeps, reads and folds, given the channels of its output that are needed."""
+    last = uses[-1]
+    units = None if not last.reads(outputs).any() else _chain_back(block.branch, uses, outputs)
+    constant = None
+    if units is None:
+        constant = block.branch[-1].constants(last)[outputs]
+    unit = None if shortcut is None else _Unit(block.shortcut, shortcut, outputs, shortcut.reads(outputs))
+    through = outputs if unit is None else unit.reads
+    if units is not None:
+        units[0].reads = _at_least_one(units[0].reads, prefer=through)
+        through = units[0].reads | through
+    if unit is not None:
+        unit.reads = _at_least_one(unit.reads, prefer=through)
+        through = unit.reads | through
+    return _BlockPlan(outputs, units, constant, unit, through)
+
+
+def _positions(reads: Tensor, available: Tensor) -> list[int] | None:
+    """Where the channels ``reads`` sit among ``available`` (masks); None when they are all of it."""
+    if torch.equal(reads, available):
+        return None
+    if (reads & ~available).any():
+        raise AssertionError("a layer reads a channel its input does not carry")
+    return torch.cumsum(available.long(), 0)[reads].sub(1).tolist()
+
+
+def _kept(mask: Tensor) -> list[int]:
+    return mask.nonzero().flatten().tolist()
+
+
+def _unit_spec(unit: _Unit, available: Tensor, prefix: str, state: dict[str, Tensor]) -> dict[str, Any]:
+    """Spec of one compact conv unit; its tensors go into ``state`` under ``prefix``."""
+    conv, bn = unit.layer.conv, unit.layer.bn
+    outputs, reads = _kept(unit.outputs), _kept(unit.reads)
+    weight = conv.weight.detach()[outputs][:, reads].clone()
+    weight[:, unit.use.absorbed[reads].to(weight.device)] = 0  # a folded column kept as an input counts once
+    shift = unit.use.shift[outputs].to(bn.running_mean)
+    state.update({
+        f"{prefix}.conv.weight": weight,
+        f"{prefix}.bn.weight": bn.weight.detach()[outputs].clone(),
+        f"{prefix}.bn.bias": bn.bias.detach()[outputs].clone(),
+        f"{prefix}.bn.running_mean": bn.running_mean[outputs] - shift,
+        f"{prefix}.bn.running_var": bn.running_var[outputs].clone(),
+        f"{prefix}.bn.num_batches_tracked": bn.num_batches_tracked.clone(),
+    })
+    return {
+        "name": unit.layer.name, "in": len(reads), "out": len(outputs), "kernel": list(conv.kernel_size),
+        "stride": list(conv.stride), "padding": list(conv.padding), "dilation": list(conv.dilation),
+        "relu": unit.layer.relu, "eps": bn.eps, "index": _positions(unit.reads, available), "kept": outputs,
+    }
+
+
+def _plan(model: nn.Module) -> tuple[Spec, dict[str, Tensor]]:
+    """The compact model's spec and state_dict for a sparse model in eval mode."""
+    backbone = model.backbone
+    stem_layers, pool = _stem(backbone.stem)
+    stages = [[_block(f"backbone.layer{i}.{j}", block) for j, block in enumerate(getattr(backbone, f"layer{i}"))]
+              for i in range(1, 5)]
+
+    # Forward: which channels are per-channel constants (NaN: varies), and what each layer folds.
+    image = torch.full((stem_layers[0].conv.in_channels,), torch.nan, dtype=torch.float64)
+    stem_uses = _chain(stem_layers, image)
+    constants = stem_layers[-1].constants(stem_uses[-1])  # max-pooling keeps a constant map constant
+    block_uses: list[list[tuple[list[_Use], _Use | None]]] = []
+    for stage in stages:
+        block_uses.append([])
+        for block in stage:
+            uses = _chain(block.branch, constants)
+            shortcut = None if block.shortcut is None else _Use(block.shortcut.conv.weight, constants, fold=block.shortcut.foldable)
+            residual = constants if shortcut is None else block.shortcut.constants(shortcut)
+            constants = (block.branch[-1].constants(uses[-1]) + residual).clamp_min(0)
+            block_uses[-1].append((uses, shortcut))
+
+    # Backward: each head's channels, then what every layer must compute for its consumers.
+    readers = {task: head_input_layers(head, backbone.out_channels) for task, head in model.heads.items()}
+    head_reads = {}
+    for task, layers in readers.items():
+        reads = torch.zeros(backbone.out_channels, dtype=torch.bool)
+        for _, layer in layers:
+            use = _Use(layer.weight, constants, fold=False)
+            reads |= use.reads(torch.ones(use.touch.shape[0], dtype=torch.bool))
+        head_reads[task] = reads
+    features = torch.zeros(backbone.out_channels, dtype=torch.bool)
+    for reads in head_reads.values():
+        features |= reads
+    for task, reads in head_reads.items():
+        head_reads[task] = _at_least_one(reads, prefer=features)
+        features |= head_reads[task]
+    needed = features
+    plans: list[list[_BlockPlan]] = [[] for _ in stages]
+    for i in reversed(range(len(stages))):
+        for block, (uses, shortcut) in reversed(list(zip(stages[i], block_uses[i]))):
+            plans[i].insert(0, _plan_block(block, uses, shortcut, needed))
+            needed = plans[i][0].inputs
+    stem_units = _chain_back(stem_layers, stem_uses, needed)
+    stem_units[0].reads = _at_least_one(stem_units[0].reads)
+
+    # Specs and tensors, in forward order.
+    state: dict[str, Tensor] = {}
+    available = torch.ones_like(image, dtype=torch.bool)
+    stem_spec = []
+    for i, unit in enumerate(stem_units):
+        stem_spec.append(_unit_spec(unit, available, f"backbone.stem.{i}", state))
+        available = unit.outputs
+    stage_specs = []
+    for i, stage in enumerate(plans, start=1):
+        stage_specs.append([])
+        for j, plan in enumerate(stage):
+            prefix = f"backbone.layer{i}.{j}"
+            branch = None
+            if plan.branch is not None:
+                branch = [_unit_spec(unit, available if k == 0 else plan.branch[k - 1].outputs, f"{prefix}.branch.{k}", state)
+                          for k, unit in enumerate(plan.branch)]
+            else:
+                state[f"{prefix}.constant"] = plan.constant.to(stem_layers[0].conv.weight.dtype)
+            shortcut = None if plan.shortcut is None else _unit_spec(plan.shortcut, available, f"{prefix}.shortcut", state)
+            stage_specs[-1].append({
+                "branch": branch, "shortcut": shortcut, "kept": _kept(plan.outputs),
+                "shortcut_index": None if plan.shortcut is not None else _positions(plan.outputs, available),
+            })
+            available = plan.outputs
+    pool_spec = None if pool is None else {
+        "kernel_size": pool.kernel_size, "stride": pool.stride, "padding": pool.padding,
+        "dilation": pool.dilation, "ceil_mode": pool.ceil_mode,
+    }
+    heads_spec = {}
+    for task, head in model.heads.items():
+        reads = head_reads[task]
+        head_state = head.state_dict()
+        for name, layer in readers[task]:
+            head_state[f"{name}.weight"] = layer.weight.detach()[:, _kept(reads)].clone()
+        state.update({f"heads.{task}.head.{key}": value for key, value in head_state.items()})
+        heads_spec[task] = {**_head_kind(task, head), "in_channels": int(reads.sum()), "reads": _kept(reads),
+                            "index": _positions(reads, features)}
+    spec = {
+        "backbone": {"stem": stem_spec, "pool": pool_spec, "stages": stage_specs, "out_channels": int(features.sum()),
+                     "kept": _kept(features)},
+        "heads": heads_spec,
+    }
+    return spec, state
+
+
+# --------------------------------------------------------------------------- public API
+@torch.no_grad()
+def compact(model: nn.Module) -> CompactModel:
+    """The compact model of a sparse multi-task model (eval-mode semantics), on its device and dtype.
+
+    ``model`` has ``backbone`` (stem, ``layer1`` … ``layer4`` of torchvision BasicBlock /
+    Bottleneck blocks, ``out_channels``) and ``heads`` (DenseHead / ClassificationHead); it is
+    not modified.
+    """
+    spec, state = _plan(model)
+    reference = next(model.parameters())
+    result = CompactModel(spec).to(device=reference.device, dtype=reference.dtype)
+    result.load_state_dict(state)
+    return result
+
+
+def save(model: CompactModel, path: str | Path) -> Path:
+    """Write ``model`` atomically as plain data (its spec) and tensors (its state_dict, on the CPU)."""
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    return ckpt.save({"format": FORMAT, "version": VERSION, "spec": model.spec, "state_dict": state}, path)
+
+
+def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> CompactModel:
+    """The compact model saved at ``path`` (``torch.load(weights_only=True)``), in eval mode."""
+    stored = ckpt.load(path, map_location=map_location)
+    if stored.get("format") != FORMAT or stored.get("version") != VERSION:
+        raise DataError(f"'{path}' is not a compact model file (format {FORMAT!r} version {VERSION}); "
+                        "write one with python -m models.compact")
+    model = CompactModel(stored["spec"])
+    model.load_state_dict(stored["state_dict"])
+    return model.to(map_location)
+
+
+if __name__ == "__main__":
+    from engine.export import main
+
+    sys.exit(main())

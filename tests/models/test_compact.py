@@ -1,0 +1,383 @@
+"""models.compact: the compact model's eval outputs equal the sparse model's, and what it removes.
+
+Zero groups are set by hand; BatchNorm gets random running statistics and affine parameters,
+so folded constants and dead channels carry non-trivial values. Outputs must agree to
+1e-4 of their largest value (float32, CPU), on random images and on images of the data pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import data
+from data.synthetic import make_nyud
+from engine import export, measure
+from engine.trial import build_trial
+from models.backbones import build_backbone
+from models.compact import CompactModel, compact, load, save
+from models.heads import build_head
+from models.multitask import MultiTaskModel
+from tests import tiny
+from utils import checkpoint as ckpt
+from utils import config
+from utils.errors import DataError
+from utils.io import write_text
+
+TOLERANCE = 1e-4
+SIZE = (32, 48)
+HEADS = {"seg": ("dense", 5), "depth": ("dense", 1), "attr": ("classification", 1)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small convolutions run faster on one intra-op thread, and OpenMP stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(backbone: str = "resnetd18", heads: dict[str, tuple[str, int]] = HEADS, seed: int = 0) -> MultiTaskModel:
+    """A small model in eval mode with random BatchNorm statistics and affine parameters."""
+    torch.manual_seed(seed)
+    bb = build_backbone(backbone, width=1.0 if backbone.startswith("resnet") and not backbone.startswith("resnetd") else 0.125)
+    model = MultiTaskModel(bb, nn.ModuleDict({
+        task: build_head(kind, bb.out_channels, out, head_channels=8) for task, (kind, out) in heads.items()
+    }))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.5)
+    return model.eval()
+
+
+def differences(sparse: nn.Module, small: nn.Module, images: Tensor) -> dict[str, float]:
+    """Per task: max |sparse − compact| / max |sparse|."""
+    with torch.no_grad():
+        expected, got = sparse(images), small(images)
+    assert list(got) == list(expected)
+    for task, value in expected.items():
+        assert got[task].shape == value.shape, task
+        assert value.abs().max() > 0, task
+    return {task: float((value - got[task]).abs().max() / value.abs().max()) for task, value in expected.items()}
+
+
+def assert_exact(sparse: nn.Module, small: nn.Module, images: Tensor | None = None) -> None:
+    images = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(1)) if images is None else images
+    worst = differences(sparse, small, images)
+    assert max(worst.values()) <= TOLERANCE, worst
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops(model: nn.Module, size: tuple[int, int] = SIZE) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, *size))
+    return counter.get_total_flops()
+
+
+def zero_groups(weight: Tensor, groups: list[int] | slice) -> None:
+    with torch.no_grad():
+        weight[:, groups] = 0
+
+
+@pytest.fixture(scope="module")
+def pipeline_images(tmp_path_factory: pytest.TempPathFactory) -> Tensor:
+    """Eight images as the data pipeline gives them (synthetic NYUD_MT, ImageNet-normalised)."""
+    root = make_nyud(tmp_path_factory.mktemp("data") / "nyud", num_images=10, height=SIZE[0], width=SIZE[1], seed=5)
+    cfg = config.validate(tiny.tiny_raw("compact", tmp_path_factory.mktemp("runs"), root))
+    splits = data.build(cfg)
+    return torch.stack([splits.train[i]["image"] for i in range(min(8, len(splits.train)))])
+
+
+@pytest.mark.parametrize("backbone", ["resnetd18", "resnetd50"])
+def test_without_zero_groups_the_compact_model_is_the_same_model(backbone: str, pipeline_images: Tensor) -> None:
+    model = make_model(backbone)
+    small = compact(model)
+    assert isinstance(small, CompactModel) and not small.training
+    assert params(small) == params(model) and flops(small) == flops(model)
+    assert all(block["shortcut_index"] is None for stage in small.spec["backbone"]["stages"] for block in stage)
+    with torch.no_grad():
+        for images in (torch.randn(2, 3, *SIZE), pipeline_images):
+            expected, got = model(images), small(images)
+            for task, value in expected.items():
+                torch.testing.assert_close(got[task], value, rtol=1e-5, atol=1e-6 * float(value.abs().max()))
+
+
+@pytest.mark.parametrize("backbone", ["resnetd18", "resnetd50"])
+def test_partially_zero_layers_on_random_and_pipeline_images(backbone: str, pipeline_images: Tensor) -> None:
+    model = make_model(backbone)
+    gen = torch.Generator().manual_seed(2)
+    for weight in model.backbone.parameters():
+        if weight.ndim == 4 and weight.shape[1] > 3:
+            zero_groups(weight, torch.rand(weight.shape[1], generator=gen).lt(0.4).nonzero().flatten().tolist())
+    small = compact(model)
+    assert_exact(model, small)
+    assert_exact(model, small, pipeline_images)
+    assert params(small) < 0.8 * params(model) and flops(small) < 0.8 * flops(model)
+
+
+def test_parameters_and_flops_drop_by_the_zeroed_share() -> None:
+    """Half the input groups of layer2[1].conv2 zero: conv1 loses half its filters, bn1 half its channels."""
+    model = make_model()
+    block = model.backbone.layer2[1]
+    planes = block.conv1.out_channels
+    zero_groups(block.conv2.weight, slice(0, planes // 2))
+    small = compact(model)
+    conv1_weights = planes // 2 * block.conv1.in_channels * 9
+    conv2_weights = block.conv2.out_channels * planes // 2 * 9
+    assert params(model) - params(small) == conv1_weights + conv2_weights + 2 * (planes // 2)
+    h, w = SIZE[0] // 8, SIZE[1] // 8  # layer2 runs at 1/8 resolution
+    assert flops(model) - flops(small) == 2 * (conv1_weights + conv2_weights) * h * w
+    unit = small.spec["backbone"]["stages"][1][1]["branch"][0]
+    assert unit["kept"] == list(range(planes // 2, planes)) and unit["index"] is None
+    assert_exact(model, small)
+
+
+@pytest.mark.parametrize(("backbone", "last"), [("resnetd18", "conv2"), ("resnetd50", "conv3")])
+def test_a_fully_zero_residual_branch_becomes_a_constant(backbone: str, last: str) -> None:
+    model = make_model(backbone)
+    block = model.backbone.layer3[1]
+    with torch.no_grad():
+        getattr(block, last).weight.zero_()
+    small = compact(model)
+    compact_block = small.backbone.layer3[1]
+    assert compact_block.branch is None and compact_block.constant.shape == (block.conv1.in_channels,)
+    removed = sum(p.numel() for name, p in block.named_parameters() if not name.startswith("downsample"))
+    assert params(model) - params(small) == removed
+    assert_exact(model, small)
+
+
+def test_a_zero_inner_conv_folds_into_the_1x1_after_it() -> None:
+    """Bottleneck conv2 all zero: its outputs are BatchNorm constants, conv3 (1x1) folds them: a constant branch."""
+    model = make_model("resnetd50")
+    with torch.no_grad():
+        model.backbone.layer2[2].conv2.weight.zero_()
+    small = compact(model)
+    assert small.backbone.layer2[2].branch is None
+    assert_exact(model, small)
+
+
+def test_constants_before_a_padded_3x3_conv_are_kept() -> None:
+    """BasicBlock conv1 all zero: relu(bn1(0)) feeds a zero-padded 3x3 conv, not constant at the borders.
+
+    Positive constants stay as channels (conv1 keeps one zeroed input), zero ones go.
+    """
+    model = make_model()
+    block = model.backbone.layer1[1]
+    with torch.no_grad():
+        block.conv1.weight.zero_()
+        block.bn1.bias[: block.bn1.num_features // 2] = -10.0  # relu(bn1(0)) = 0 for these channels
+        block.bn1.bias[block.bn1.num_features // 2:] = 3.0
+    small = compact(model)
+    unit = small.spec["backbone"]["stages"][0][1]["branch"][0]
+    assert unit["in"] == 1 and unit["kept"] == list(range(block.bn1.num_features // 2, block.bn1.num_features))
+    assert_exact(model, small)
+
+
+def test_stream_channels_zero_in_every_consumer_leave_the_stream() -> None:
+    model = make_model()
+    layer4 = model.backbone.layer4
+    channel = 3
+    zero_groups(layer4[1].conv1.weight, [channel])
+    for head in model.heads.values():
+        for module in head.modules():
+            if isinstance(module, nn.Conv2d) and module.in_channels == model.backbone.out_channels:
+                zero_groups(module.weight, [channel])
+    small = compact(model)
+    stages = small.spec["backbone"]["stages"]
+    assert channel not in stages[3][0]["kept"] and channel not in stages[3][1]["kept"]
+    assert small.backbone.out_channels == model.backbone.out_channels - 1
+    assert stages[3][0]["shortcut"]["out"] == model.backbone.out_channels - 1  # the downsample lost the filter too
+    assert_exact(model, small)
+
+
+def test_a_channel_only_the_heads_dropped_leaves_the_last_block_only() -> None:
+    """Layer4[0]'s output channel still feeds layer4[1].conv1, so only layer4[1] stops producing it."""
+    model = make_model(heads={"seg": ("dense", 5)})
+    channel = 5
+    for module in model.heads["seg"].modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == model.backbone.out_channels:
+            zero_groups(module.weight, [channel])
+    small = compact(model)
+    first, last = small.spec["backbone"]["stages"][3]
+    assert channel in first["kept"] and channel not in last["kept"]
+    assert last["shortcut_index"] == [i for i in range(model.backbone.out_channels) if i != channel]
+    assert_exact(model, small)
+
+
+def test_each_head_keeps_only_the_channels_it_reads() -> None:
+    model = make_model()
+    channels = model.backbone.out_channels
+    dropped = list(range(0, channels, 2))
+    for module in model.heads["seg"].modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == channels:
+            zero_groups(module.weight, dropped)
+    zero_groups(model.heads["attr"].features[0].weight, slice(0, channels))  # reads nothing: keeps one zero column
+    small = compact(model)
+    heads = small.spec["heads"]
+    assert heads["seg"]["in_channels"] == channels - len(dropped) and heads["seg"]["index"] is not None
+    assert heads["depth"]["in_channels"] == channels and heads["depth"]["index"] is None
+    assert heads["attr"]["in_channels"] == 1
+    assert small.backbone.out_channels == channels  # the depth head still reads every channel
+    assert_exact(model, small)
+
+
+def test_channels_no_head_reads_leave_the_backbone() -> None:
+    model = make_model(heads={"seg": ("dense", 5), "attr": ("classification", 1)})
+    channels = model.backbone.out_channels
+    for head in model.heads.values():
+        for module in head.modules():
+            if isinstance(module, nn.Conv2d) and module.in_channels == channels:
+                zero_groups(module.weight, slice(channels // 2, channels))
+    small = compact(model)
+    assert small.backbone.out_channels == channels // 2
+    assert flops(small) < flops(model)
+    assert_exact(model, small)
+
+
+def test_singletask_and_torchvision_resnet18_dilated() -> None:
+    model = make_model("resnet18", heads={"depth": ("dense", 1)})
+    gen = torch.Generator().manual_seed(3)
+    for weight in model.backbone.parameters():
+        if weight.ndim == 4 and weight.shape[1] > 3:
+            zero_groups(weight, torch.rand(weight.shape[1], generator=gen).lt(0.5).nonzero().flatten().tolist())
+    small = compact(model)
+    assert small.backbone.layer4[1].branch[0].conv.dilation == (4, 4)
+    assert params(small) < 0.6 * params(model)
+    assert_exact(model, small, torch.randn(2, 3, 32, 32, generator=gen))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), backbone=st.sampled_from(["resnetd18", "resnetd50"]))
+def test_any_zero_pattern_is_exact(seed: int, backbone: str) -> None:
+    """Random zero groups, whole zero layers and zero filters anywhere in backbone and head inputs."""
+    model = make_model(backbone, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.ndim != 4:
+                continue
+            draw = float(torch.rand((), generator=gen))
+            if draw < 0.1:
+                weight.zero_()
+            elif draw < 0.8:
+                weight[:, torch.rand(weight.shape[1], generator=gen) < torch.rand((), generator=gen)] = 0
+            if torch.rand((), generator=gen) < 0.1:
+                weight[torch.rand(weight.shape[0], generator=gen) < 0.5] = 0
+    small = compact(model)
+    images = torch.randn(2, 3, *SIZE, generator=gen)
+    with torch.no_grad():
+        expected, got = model(images), small(images)
+    for task, value in expected.items():
+        assert (value - got[task]).abs().max() <= TOLERANCE * value.abs().max().clamp_min(1e-30), task
+
+
+def test_forward_contract_matches_the_multitask_model() -> None:
+    model = make_model()
+    small = compact(model)
+    outputs = small(torch.randn(2, 3, *SIZE), tasks=["attr"])
+    assert list(outputs) == ["attr"] and outputs["attr"].shape == (2,)
+    assert small(torch.randn(1, 3, *SIZE))["seg"].shape == (1, 5, *SIZE)
+    with pytest.raises(KeyError, match="nope"):
+        small(torch.randn(1, 3, *SIZE), tasks=["nope"])
+    assert isinstance(small.output_layer("seg"), nn.Conv2d)
+
+
+def test_saved_compact_model_loads_without_pickled_classes(tmp_path: Path) -> None:
+    model = make_model()
+    zero_groups(model.backbone.layer3[0].conv2.weight, slice(0, 10))
+    small = compact(model)
+    path = save(small, tmp_path / "compact.pt")
+    stored = torch.load(path, weights_only=True)
+    json.dumps(stored["spec"])  # plain data only
+    assert set(stored) == {"format", "version", "spec", "state_dict"}
+    again = load(path)
+    assert_exact(model, again)
+    with pytest.raises(DataError, match="not found"):
+        load(tmp_path / "missing.pt")
+    ckpt.save({"model": model.state_dict()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(DataError, match="not a compact model"):
+        load(tmp_path / "checkpoint.pt")
+
+
+@pytest.fixture
+def trial_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, MultiTaskModel]:
+    """A trial folder as training leaves it (config, a sparse ``checkpoint.pt``), and its model; no training.
+
+    Latencies are timed briefly: the tests check the table, not the numbers.
+    """
+    monkeypatch.setattr(measure, "MIN_RUN_TIME_S", 0.01)
+    folder = tmp_path / "runs" / "tiny_trial_0"
+    cfg = config.validate(tiny.tiny_raw("tiny", tmp_path / "runs", tmp_path / "data", num_seg_classes=5,
+                                        task_list=["segmentsemantic", "depth_euclidean"], test_batch_size=2))
+    write_text(folder / "config_file.yaml", config.dump(cfg))
+    model = build_trial(cfg, device=torch.device("cpu")).model
+    gen = torch.Generator().manual_seed(4)
+    for weight in model.backbone.parameters():
+        if weight.ndim == 4 and weight.shape[1] > 3:
+            zero_groups(weight, torch.rand(weight.shape[1], generator=gen).lt(0.5).nonzero().flatten().tolist())
+    ckpt.save({"model": model.state_dict(), "epoch": 1}, folder / "checkpoint.pt")
+    return folder, model.eval()
+
+
+def test_cli_writes_a_compact_model_and_prints_the_table(trial_folder, capsys: pytest.CaptureFixture) -> None:
+    folder, model = trial_folder
+    assert export.main(["--exp_folder_path", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    for row in ("parameters", "GFLOPs / image", "peak activations MB", "eager, batch 1", "eager, batch 2", "max |difference|"):
+        assert row in printed, row
+    assert_exact(model, load(folder / "compact_checkpoint.pt"))
+
+
+def test_cli_writes_nothing_when_the_outputs_differ(trial_folder, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    folder, _ = trial_folder
+
+    def wrong(model: nn.Module) -> CompactModel:
+        small = compact(model)
+        with torch.no_grad():
+            small.output_layer("depth_euclidean").bias.add_(1.0)
+        return small
+
+    monkeypatch.setattr(export, "compact", wrong)
+    assert export.main(["--exp_folder_path", str(folder)]) == 1
+    assert "nothing written" in capsys.readouterr().err
+    assert not (folder / "compact_checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_cli_onnx_export_is_checked_with_onnx_runtime(trial_folder, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder, model = trial_folder
+    out, onnx_path = tmp_path / "small.pt", tmp_path / "small.onnx"
+    assert export.main(["--exp_folder_path", str(folder), "--out", str(out), "--onnx", str(onnx_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "ONNX Runtime, batch 2" in printed and "ONNX Runtime vs compact model" in printed
+    run = export.onnx_runner(onnx_path.read_bytes())
+    images = torch.randn(3, 3, *SIZE)  # another batch size than the export's: the batch axis is dynamic
+    with torch.no_grad():
+        expected = model(images)
+    for task, value in zip(expected, run(images)):
+        assert float((torch.from_numpy(value) - expected[task]).abs().max()) <= TOLERANCE * float(expected[task].abs().max())
+
+
+def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, trial_folder, capsys: pytest.CaptureFixture) -> None:
+    folder, _ = trial_folder
+    assert export.main(["--exp_folder_path", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert export.main(["--exp_folder_path", str(folder), "--checkpoint", "surface_normal_checkpoint.pt"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "surface_normal_checkpoint.pt" in error[0] and "Traceback" not in error[0]
