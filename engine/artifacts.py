@@ -40,7 +40,7 @@ FAILURE_FILE = "failed.json"
 #: Keys that change how a run is executed, not what it computes: a finished trial is reused and
 #: an interrupted one resumed (``checkpoint: true``) across changes of these (and, to resume, of
 #: ``epochs``, so a run can be extended).
-RUN_CONTROL_KEYS = frozenset({"checkpoint", "wandb", "num_workers", "device", "log_every"})
+RUN_CONTROL_KEYS = frozenset({"checkpoint", "wandb", "num_workers", "device", "log_every", "num_trials"})
 #: The parts of ``last.pt``, in the order the trainer writes them.
 LAST_PARTS = ("epoch", "model", "weighting", "optimizer", "scheduler", "stopping", "sparsity", "history", "rng", "wandb_id")
 
@@ -184,6 +184,21 @@ def load_weights(model: nn.Module, weights: Mapping[str, Tensor], *, source: Pat
             raise DataError(f"checkpoint '{source}': key '{key}' has shape {tuple(tensor.shape)}, "
                             f"the model expects {tuple(expected[key].shape)}")
     model.load_state_dict(weights)
+
+
+def offline_config(folder: Path) -> ExperimentConfig:
+    """A trial folder's config, resolved without its data when needed (plots, exports of folders whose data is elsewhere).
+
+    Our folders store ``num_seg_classes``; for the study's, it is read off the checkpoint's
+    segmentation head, or from the data when the head says nothing.
+    """
+    from engine.trial import resolve
+
+    cfg = load_trial_config(folder, device="cpu")
+    if cfg.num_seg_classes is not None:
+        return cfg
+    classes = checkpoint_classes(folder, cfg)
+    return resolve(cfg) if classes is None else cfg.model_copy(update={"num_seg_classes": classes})
 
 
 def checkpoint_classes(folder: Path, cfg: ExperimentConfig) -> int | None:

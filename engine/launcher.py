@@ -57,7 +57,7 @@ class TrialJob(submitit.helpers.Checkpointable):
 
 def experiments(cfg: ExperimentConfig) -> dict[float, ExperimentConfig] | None:
     """The experiments a config stands for: one per λ of a sweep, or None for the config itself."""
-    return sweep.sweep_configs(cfg) if cfg.lambda_sweep else None
+    return sweep.sweep_configs(cfg) if cfg.lambda_sweep or cfg.sparsity_sweep else None
 
 
 def launch(cfg: ExperimentConfig, options: LaunchOptions, *, trial: int | None = None) -> pd.DataFrame | list[dict[str, Any]] | None:
@@ -68,28 +68,36 @@ def launch(cfg: ExperimentConfig, options: LaunchOptions, *, trial: int | None =
     sweeps = experiments(cfg)
     configs = list(sweeps.values()) if sweeps is not None else [cfg]
     indices = [trial] if trial is not None else list(range(cfg.num_trials))
-    jobs_args = [(config.to_dict(sub), index) for sub in configs for index in indices]
-    executor = _executor(cfg, options)
-    jobs = executor.map_array(TrialJob(), [raw for raw, _ in jobs_args], [index for _, index in jobs_args])
-    log.info("submitted %d job(s) to %s (%s): %s", len(jobs), options.cluster, options.folder,
-             ", ".join(job.job_id for job in jobs[:8]) + (" ..." if len(jobs) > 8 else ""))
-    if not options.wait:
+    if not run_jobs([(sub, index) for sub in configs for index in indices], options, name=cfg.Experiment_name):
         return None
-    failed = _wait(jobs, [f"{raw['Experiment_name']} trial {index}" for raw, index in jobs_args])
-    if failed:
-        log.error("%d job(s) failed: %s", len(failed), "; ".join(failed[:3]))
     if sweeps is not None:
         return sweep.collect_sweep(cfg, sweeps)
     return trials.write_report(cfg)
 
 
-def _executor(cfg: ExperimentConfig, options: LaunchOptions) -> submitit.AutoExecutor:
+def run_jobs(work: Sequence[tuple[ExperimentConfig, int]], options: LaunchOptions, *, name: str) -> bool:
+    """Submit one job per (experiment, trial) as one array; with ``wait``, block until all end (True), else return False."""
+    if not work:
+        return True
+    executor = _executor(name, options)
+    jobs = executor.map_array(TrialJob(), [config.to_dict(cfg) for cfg, _ in work], [index for _, index in work])
+    log.info("submitted %d job(s) to %s (%s): %s", len(jobs), options.cluster, options.folder,
+             ", ".join(job.job_id for job in jobs[:8]) + (" ..." if len(jobs) > 8 else ""))
+    if not options.wait:
+        return False
+    failed = _wait(jobs, [f"{cfg.Experiment_name} trial {index}" for cfg, index in work])
+    if failed:
+        log.error("%d job(s) failed: %s", len(failed), "; ".join(failed[:3]))
+    return True
+
+
+def _executor(name: str, options: LaunchOptions) -> submitit.AutoExecutor:
     try:
         executor = submitit.AutoExecutor(folder=str(options.folder / "%j"), cluster=options.cluster)
     except (RuntimeError, ValueError) as error:
         raise ConfigError(f"--cluster {options.cluster}: no such submitit executor here ({error})") from None
     parameters: dict[str, Any] = {
-        "name": cfg.Experiment_name, "timeout_min": options.timeout_min, "gpus_per_node": options.gpus_per_trial,
+        "name": name, "timeout_min": options.timeout_min, "gpus_per_node": options.gpus_per_trial,
         "tasks_per_node": 1, "cpus_per_task": options.cpus_per_trial,
     }
     if options.cluster == "slurm":

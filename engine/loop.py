@@ -104,7 +104,7 @@ def train_one_epoch(
     options: StepOptions = StepOptions(), extra_loss: Callable[[], Tensor] | None = None,
     desc: str = "train", where: str = "training", resume: PartialEpoch | None = None,
     stop: Callable[[], str | None] = lambda: None, context: Context = distributed.SINGLE,
-    shared: Sequence[Tensor] = (),
+    shared: Sequence[Tensor] = (), after_step: Callable[[], None] | None = None,
 ) -> dict[str, float] | PartialEpoch:
     """One pass over the training split; returns mean losses per active task and in total.
 
@@ -116,7 +116,8 @@ def train_one_epoch(
     (``context``) ``model`` is the DDP wrapper; the epoch's means are reduced over the ranks,
     and a stop request is agreed on at the loss reads, so every rank stops at the same step.
     ``shared`` are trained parameters outside the model (the loss weights): their gradients
-    are averaged over the ranks, as DDP averages the model's.
+    are averaged over the ranks, as DDP averages the model's. ``after_step`` runs after every
+    optimizer step (the sparsity schedule's per-step policy).
     """
     model.train()
     started = time.perf_counter()
@@ -155,6 +156,8 @@ def train_one_epoch(
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         faults.record([*losses.values(), grad_norm], step)
         optimizer.step()
+        if after_step is not None:
+            after_step()
 
         batch_size = images.shape[0]
         for name, loss in losses.items():

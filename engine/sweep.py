@@ -39,8 +39,21 @@ def lambda_tag(lam: float) -> str:
     return str(float(lam))
 
 
+def sweep_key(cfg: ExperimentConfig) -> str:
+    """What a sweep varies: ``"target"`` (``sparsity_sweep``) or ``"lambda"``."""
+    return "target" if cfg.sparsity_sweep else "lambda"
+
+
 def sweep_configs(cfg: ExperimentConfig, lambdas: Sequence[float] | None = None) -> dict[float, ExperimentConfig]:
-    """One validated config per λ of ``lambdas`` (default ``cfg.lambda_sweep``): group sparsity on for λ > 0, off for 0."""
+    """One validated config per swept level: per λ of ``lambdas`` (default ``cfg.lambda_sweep``; group sparsity
+    on for λ > 0, off for 0), or per target of ``sparsity_sweep`` (``<exp>_target_<t>``, λ controlled)."""
+    if cfg.sparsity_sweep and lambdas is None:
+        configs = {}
+        for target in dict.fromkeys(float(value) for value in cfg.sparsity_sweep):
+            raw = config.to_dict(cfg)
+            raw.update(Experiment_name=f"{cfg.Experiment_name}_target_{target:g}", target_group_sparsity=target, sparsity_sweep=None)
+            configs[target] = config.validate(raw, source=f"sparsity_sweep target={target:g}")
+        return configs
     lambdas = list(lambdas if lambdas is not None else cfg.lambda_sweep or [])
     if not lambdas:
         raise ConfigError("config key 'lambda_sweep': expected a non-empty list of λ values")
@@ -55,19 +68,20 @@ def sweep_configs(cfg: ExperimentConfig, lambdas: Sequence[float] | None = None)
     return configs
 
 
-def sweep_table(results: Mapping[float, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
-    """One row per λ: trials, then ``<column>_mean`` / ``<column>_std`` (population) of sparsity, metrics, the rest."""
+def sweep_table(results: Mapping[float, Sequence[Mapping[str, Any]]], key: str = "lambda") -> pd.DataFrame:
+    """One row per level (λ or target, ``key``): trials, then ``<column>_mean`` / ``<column>_std`` (population)
+    of sparsity, metrics, the rest."""
     rows = []
     for lam, trial_rows in results.items():
         numbers = report.finished(trial_rows)
         ordered = [c for c in report.SPARSITY_COLUMNS if c in numbers] + [c for c in numbers if c not in report.SPARSITY_COLUMNS]
         stats = numbers[ordered].agg(["mean", lambda column: column.std(ddof=0)])
-        row: dict[str, float] = {"lambda": lam, "trials": len(numbers)}
+        row: dict[str, float] = {key: lam, "trials": len(numbers)}
         for column in ordered:
             row[f"{column}_mean"] = stats.at["mean", column]
             row[f"{column}_std"] = stats.iloc[1][column]
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("lambda").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(key).reset_index(drop=True)
 
 
 def validation_means(configs: Mapping[float, ExperimentConfig]) -> dict[float, dict[str, float]]:
@@ -119,14 +133,25 @@ def run_sweep(
 
 
 def collect_sweep(cfg: ExperimentConfig, configs: Mapping[float, ExperimentConfig], *, out_dir: str | Path = "out_csv") -> pd.DataFrame:
-    """The sweep's table, best λ and figure from the trials its experiments finished (after any launcher)."""
+    """The sweep's table, best λ (λ sweeps) or final λ (target sweeps) and figure from the finished trials."""
+    key = sweep_key(cfg)
     results = {lam: trials.write_report(sub, out_dir=out_dir) for lam, sub in configs.items()}
-    table = sweep_table(results)
+    table = sweep_table(results, key)
+    out_dir = Path(out_dir)
+    if key == "target":
+        finals = {target: final_lambdas(sub) for target, sub in configs.items()}
+        # The λ the controller ended with (mean over trials): the column the figure labels its points with.
+        table.insert(1, "lambda", table["target"].map(lambda t: float(pd.Series(finals[t]).mean()) if finals[t] else float("nan")))
+        table.insert(2, "lambda_std", table["target"].map(lambda t: float(pd.Series(finals[t]).std(ddof=0)) if finals[t] else float("nan")))
+        io.write_text(out_dir / f"{cfg.Experiment_name}_sweep.csv", table.to_csv(index=False))
+        figure = plots.sweep_figure(table, task_registry.primary_metrics(cfg.task_list),
+                                    title=f"{cfg.Experiment_name}: sparsity targets ({cfg.setup}, {cfg.dataset_name})")
+        plots.save_png(figure, out_dir / f"{cfg.Experiment_name}_sweep.png")
+        return table
     chosen, gains = best_lambda(table, validation_means(configs), directions=task_registry.directions(cfg.task_list),
                                 band=cfg.best_lambda_band)
     table["val_delta_m"] = table["lambda"].map(gains)
     table["best_lambda"] = table["lambda"] == chosen
-    out_dir = Path(out_dir)
     io.write_text(out_dir / f"{cfg.Experiment_name}_sweep.csv", table.to_csv(index=False))
     io.write_json(out_dir / f"{cfg.Experiment_name}_best_lambda.json", {
         "best_lambda": chosen, "rule": "best validation delta_m against the smallest lambda, group sparsity in the band",
@@ -143,9 +168,25 @@ def collect_sweep(cfg: ExperimentConfig, configs: Mapping[float, ExperimentConfi
     return table
 
 
+def final_lambdas(cfg: ExperimentConfig) -> list[float]:
+    """The λ each finished trial of ``cfg`` ended with (its training history's last entry)."""
+    finals = []
+    for index in range(cfg.num_trials):
+        folder = artifacts.trial_folder(cfg, index)
+        if (folder / artifacts.TEST_FILE).is_file():
+            history = io.read_json(folder / artifacts.HISTORY_FILES[0])
+            if history.get("lambda"):
+                finals.append(float(history["lambda"][-1]))
+    return finals
+
+
 def format_sweep(cfg: ExperimentConfig, table: pd.DataFrame) -> str:
-    """The sweep as a console table: λ, group sparsity, each task's primary metric (mean ± std), validation Δm."""
-    shown: dict[str, Any] = {"λ": table["lambda"].map(lambda_tag), "trials": table["trials"].astype(int)}
+    """The sweep as a console table: λ (or target and final λ), group sparsity, each task's primary metric, validation Δm."""
+    if sweep_key(cfg) == "target":
+        shown: dict[str, Any] = {"target %": (100 * table["target"]).map("{:.0f}".format),
+                                 "final λ": table["lambda"].map("{:.3g}".format), "trials": table["trials"].astype(int)}
+    else:
+        shown = {"λ": table["lambda"].map(lambda_tag), "trials": table["trials"].astype(int)}
     columns = {"group sparsity %": "group_sparsity"}
     columns.update({f"{name} {metric}": f"{name}_{metric}" for name, metric in task_registry.primary_metrics(cfg.task_list).items()})
     for label, column in columns.items():

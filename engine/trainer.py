@@ -52,7 +52,9 @@ class History:
     val: dict[str, Any] = field(default_factory=lambda: {"loss": {}, "metric": {}, "time": []})
 
     def add_train(self, losses: Mapping[str, float], lrs: Mapping[str, float], lam: float,
-                  spars: Mapping[str, float], seconds: float) -> None:
+                  spars: Mapping[str, float], seconds: float, *, target: float | None = None) -> None:
+        if target is not None:
+            self.train.setdefault("target_group_sparsity", []).append(target)
         _append(self.train["loss"], losses)
         _append(self.train["lr"], lrs)
         _append(self.train["sparsity"], spars)
@@ -94,7 +96,7 @@ class Trainer:
         self.trial, self.cfg, self.folder, self.logger = trial, cfg, folder, logger
         self.model, self.tasks, self.optimizer = trial.model, trial.tasks, trial.optimizer
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.1, patience=5, min_lr=1e-7)
-        self.schedule = SparsitySchedule(cfg, self.optimizer)
+        self.schedule = SparsitySchedule(cfg, self.optimizer, self.model.backbone)
         self.stopping = TaskStopping(list(self.tasks), patience=cfg.earlystop_patience,
                                      task_patience=cfg.task_earlystop_patience, per_task=cfg.is_multitask)
         self.history = History()
@@ -104,11 +106,17 @@ class Trainer:
         self.options = StepOptions(amp=cfg.amp, channels_last=cfg.channels_last,
                                    max_batches=cfg.max_batches_per_epoch, log_every=cfg.log_every)
         self.context = trial.context
-        self.forward_model = distributed.wrap(self.model, self.context, trial.device)
+        self.forward_model = self._forward_model()
+
+    def _forward_model(self) -> torch.nn.Module:
+        """What training runs forward passes through: DDP under torchrun, compiled with ``compile`` (the prox stays eager)."""
+        forward = distributed.wrap(self.model, self.context, self.trial.device)
+        return torch.compile(forward) if self.cfg.compile else forward
 
     @property
     def finished(self) -> bool:
-        return self.stopping.finished
+        """Early stopping ended the phase; in target-sparsity mode not before the target's pattern is frozen."""
+        return self.stopping.finished and not self.schedule.seeking_target
 
     # ----------------------------------------------------------------- state
     def state_dict(self, epoch: int, partial: PartialEpoch | None = None) -> dict[str, Any]:
@@ -143,73 +151,107 @@ class Trainer:
         partial = rng.pop("partial", None)
         _set_rng_state(rng, self.trial.loaders["train"])
         if self.stopping.freeze_stopped(self.model.heads):
-            self.forward_model = distributed.wrap(self.model, self.context, self.trial.device)
+            self.forward_model = self._forward_model()
         self.start_epoch = state["epoch"] + 1
         self.partial = None if partial is None else PartialEpoch.from_state(partial)
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> None:
-        """Run epochs until every task stopped, the global early stop, or ``epochs``."""
-        where = f"trial {self.trial.index}"
-        for epoch in range(self.start_epoch, self.cfg.epochs):
-            if self.finished:
-                break
-            lam = self.schedule.on_epoch_start(epoch)
-            sampler = self.trial.loaders["train"].sampler
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            started = time.perf_counter()
-            partial, self.partial = self.partial, None
-            result = train_one_epoch(
-                self.forward_model, self.tasks, self.stopping.active, combine=self.trial.weighting, optimizer=self.optimizer,
-                loader=self.trial.loaders["train"], device=self.trial.device, options=self.options,
-                extra_loss=self.schedule.loss_term if self.schedule.in_loss else None,
-                desc=f"epoch {epoch}", where=f"{where}, epoch {epoch}", resume=partial, stop=self.stop_requested,
-                context=self.context, shared=list(self.trial.weighting.parameters()),
-            )
-            if isinstance(result, PartialEpoch):
-                self._save_interrupted(epoch, result)
-            distributed.share_buffers(self.model, self.context)
-            train_seconds = time.perf_counter() - started + (partial.seconds if partial else 0.0)
-            spars = self.schedule.measures(self.model.backbone)
-            lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(self.optimizer.param_groups)}
-            self.history.add_train(result, lrs, lam, spars, train_seconds)
+        """Run epochs until every task stopped, the global early stop, or ``epochs``; then ``finetune_epochs``.
 
-            started = time.perf_counter()
-            val_losses, val_metrics = evaluate(self.model, self.tasks, self.trial.loaders["val"], self.trial.device,
-                                               amp=self.cfg.amp, channels_last=self.cfg.channels_last, desc=f"val {epoch}",
-                                               context=self.context)
-            val_total = self.stopping.step(epoch, val_losses, self._save_best)
-            frozen = self.stopping.freeze_stopped(self.model.heads)
-            for name in frozen:
-                stopper = self.stopping.per_task[name]
-                log.info("task %s stopped at epoch %d (best %.4f at epoch %d); its head is frozen",
-                         name, epoch, stopper.best, stopper.best_epoch)
-            if frozen:  # DDP must not wait for the frozen heads' gradients
-                self.forward_model = distributed.wrap(self.model, self.context, self.trial.device)
-            val_losses["total"] = val_total
-            self.history.add_val(val_losses, val_metrics, time.perf_counter() - started)
-            if self.cfg.lr_schedule == "plateau":
-                self.scheduler.step(val_total)
-
-            state = self.state_dict(epoch)  # every rank takes part (its generators are gathered)
-            if self.context.is_main:
-                self.history.write(self.folder)
-                artifacts.save_last(self.folder, state)
-            self.logger.log({"train": {"loss": result, "lr": lrs, "lambda": lam},
-                             "val": {"loss": val_losses, "metric": val_metrics}, "sparsity": spars}, step=epoch)
-            if self.cfg.wandb_img_log and self.logger.run_id is not None and epoch % IMAGE_LOG_EVERY == 0:
-                self._log_predictions(epoch)
-            log.info(self._summary_line(epoch, result, val_losses, val_metrics, spars, lrs))
+        The fine-tuning phase starts with fresh early stopping (its best epochs become the best
+        checkpoints) and every head training again, the zero groups held at zero.
+        """
+        total = self.cfg.epochs + self.cfg.finetune_epochs
+        epoch = self.start_epoch
+        while epoch < total:
             if self.finished:
-                total = self.stopping.total
-                log.info("early stop at epoch %d (best total %.4f at epoch %d)", epoch, total.best, total.best_epoch)
+                if not self.cfg.finetune_epochs or epoch >= self.cfg.epochs:
+                    break
+                epoch = self.cfg.epochs  # the main phase stopped early: fine-tune from here
+            if epoch == self.cfg.epochs and self.cfg.finetune_epochs:
+                self._begin_finetuning()
+            self._run_epoch(epoch)
             signal = self.stop_requested()
             if self.context.distributed:
                 signal = (signal or "SIGTERM") if distributed.agree([signal is not None], self.context)[0] else None
-            if signal is not None and epoch + 1 < self.cfg.epochs and not self.finished:
+            if signal is not None and epoch + 1 < total and not self.finished:
                 raise Interrupted(f"trial {self.trial.index} interrupted by {signal} after epoch {epoch}; "
                                   f"'{self.folder / artifacts.LAST_CHECKPOINT}' holds its state", signal_name=signal)
+            epoch += 1
+
+    def _begin_finetuning(self) -> None:
+        if self.stopping.total.best_epoch >= self.cfg.epochs:
+            return  # resumed inside the fine-tuning phase: its stopping state is the one loaded
+        self._restart_stopping()
+        log.info("fine-tuning for %d epoch(s) with the zero groups held at zero (%.1f %% group sparsity)",
+                 self.cfg.finetune_epochs, 100 * self.schedule.measures(self.model.backbone)["group_sparsity"])
+
+    def _restart_stopping(self) -> None:
+        """Fresh early stopping, every head training: the best checkpoints from here on are of the new phase."""
+        self.stopping = TaskStopping(list(self.tasks), patience=self.cfg.earlystop_patience,
+                                     task_patience=self.cfg.task_earlystop_patience, per_task=self.cfg.is_multitask)
+        self.model.heads.requires_grad_(True)
+        self.forward_model = self._forward_model()
+
+    def _run_epoch(self, epoch: int) -> None:
+        """Train, validate, step the policies, save and log one epoch."""
+        lam = self.schedule.on_epoch_start(epoch)
+        sampler = self.trial.loaders["train"].sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        partial, self.partial = self.partial, None
+        result = train_one_epoch(
+            self.forward_model, self.tasks, self.stopping.active, combine=self.trial.weighting, optimizer=self.optimizer,
+            loader=self.trial.loaders["train"], device=self.trial.device, options=self.options,
+            extra_loss=self.schedule.loss_term if self.schedule.in_loss else None,
+            desc=f"epoch {epoch}", where=f"trial {self.trial.index}, epoch {epoch}", resume=partial,
+            stop=self.stop_requested, context=self.context, shared=list(self.trial.weighting.parameters()),
+            after_step=self.schedule.after_step,
+        )
+        if isinstance(result, PartialEpoch):
+            self._save_interrupted(epoch, result)
+        distributed.share_buffers(self.model, self.context)
+        train_seconds = time.perf_counter() - started + (partial.seconds if partial else 0.0)
+        if self.schedule.on_epoch_end(epoch):  # the target's pattern was just frozen: its epochs are a new phase
+            self._restart_stopping()
+            log.info("target sparsity %.0f %% reached: λ and the zero groups are frozen from here on", 100 * self.schedule.target)
+        spars = self.schedule.measures(self.model.backbone)
+        lam = self.schedule.lam  # the controller may have moved it during the epoch
+        lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(self.optimizer.param_groups)}
+        self.history.add_train(result, lrs, lam, spars, train_seconds, target=self.schedule.target)
+
+        started = time.perf_counter()
+        val_losses, val_metrics = evaluate(self.model, self.tasks, self.trial.loaders["val"], self.trial.device,
+                                           amp=self.cfg.amp, channels_last=self.cfg.channels_last, desc=f"val {epoch}",
+                                           context=self.context)
+        val_total = self.stopping.step(epoch, val_losses, self._save_best)
+        frozen = self.stopping.freeze_stopped(self.model.heads)
+        for name in frozen:
+            stopper = self.stopping.per_task[name]
+            log.info("task %s stopped at epoch %d (best %.4f at epoch %d); its head is frozen",
+                     name, epoch, stopper.best, stopper.best_epoch)
+        if frozen:  # DDP must not wait for the frozen heads' gradients
+            self.forward_model = self._forward_model()
+        val_losses["total"] = val_total
+        self.history.add_val(val_losses, val_metrics, time.perf_counter() - started)
+        if self.cfg.lr_schedule == "plateau":
+            self.scheduler.step(val_total)
+
+        state = self.state_dict(epoch)  # every rank takes part (its generators are gathered)
+        if self.context.is_main:
+            self.history.write(self.folder)
+            artifacts.save_last(self.folder, state)
+        sparsity_log = {**spars, **({"target": self.schedule.target} if self.schedule.target is not None else {})}
+        self.logger.log({"train": {"loss": result, "lr": lrs, "lambda": lam},
+                         "val": {"loss": val_losses, "metric": val_metrics}, "sparsity": sparsity_log}, step=epoch)
+        if self.cfg.wandb_img_log and self.logger.run_id is not None and epoch % IMAGE_LOG_EVERY == 0:
+            self._log_predictions(epoch)
+        log.info(self._summary_line(epoch, result, val_losses, val_metrics, spars, lrs))
+        if self.finished:
+            best = self.stopping.total
+            log.info("early stop at epoch %d (best total %.4f at epoch %d)", epoch, best.best, best.best_epoch)
 
     # ----------------------------------------------------------------- pieces
     def _save_interrupted(self, epoch: int, partial: PartialEpoch) -> None:
@@ -250,9 +292,12 @@ class Trainer:
         for name, task in self.tasks.items():
             key = task.primary_metric
             parts.append(f"{name}:{key}={metrics[name][key]:.4f}")
-        parts.append(f"group_spars={100 * spars['group_sparsity']:.1f}%")
+        target = self.schedule.target
+        parts.append(f"group_spars={100 * spars['group_sparsity']:.1f}%" + (f" (target {100 * target:.0f}%)" if target is not None else ""))
         if "penalty" in spars:
             parts.append(f"λ={self.schedule.lam:.3g} penalty={spars['penalty']:.4g}")
+        if self.schedule.finetuning:
+            parts.append("fine-tuning")
         parts.append("lr " + " ".join(f"{name}={lr:.1e}" for name, lr in lrs.items() if name != "loss_weights"))
         return "  ".join(parts)
 

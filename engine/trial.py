@@ -59,6 +59,8 @@ def build_trial(
     loaders (this rank's share under torchrun) and the attribute tasks' positive rates.
     """
     device = distributed.device_of(context, resolve_device(cfg) if device is None else device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark  # torch's process-wide switch: fastest kernels per shape
     if train:
         seed_everything(cfg.seed + index)
     tasks = task_registry.build(cfg, positive_rates=None if splits is None else positive_rates(cfg, splits.train))
@@ -92,12 +94,12 @@ def loaders(cfg: ExperimentConfig, splits: data.Splits, index: int, context: Con
     drop_last = len(splits.train) > cfg.train_batch_size
     if not context.distributed:
         train = data.loader(splits.train, batch_size=cfg.train_batch_size, shuffle=True, num_workers=cfg.num_workers,
-                            seed=cfg.seed + index, drop_last=drop_last)
+                            seed=cfg.seed + index, drop_last=drop_last, persistent_workers=cfg.persistent_workers)
     else:
         sampler = distributed.train_sampler(splits.train, context, seed=cfg.seed + index, drop_last=drop_last)
         train = data.loader(splits.train, batch_size=distributed.local_batch(cfg.train_batch_size, context, "train_batch_size"),
                             shuffle=False, num_workers=cfg.num_workers, seed=(cfg.seed + index) * 1_000_003 + context.rank,
-                            drop_last=drop_last, sampler=sampler)
+                            drop_last=drop_last, sampler=sampler, persistent_workers=cfg.persistent_workers)
     evaluation = {}
     for split, batch in (("val", cfg.val_batch_size), ("test", cfg.test_batch_size)):
         dataset = getattr(splits, split)

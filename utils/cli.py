@@ -20,13 +20,23 @@ EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line: a DataLoader worker re-raises it with its traceback, whose last line is the message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(error).__name__
+    last = lines[-1]
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last.removeprefix(prefix).removeprefix(f"{type(error).__name__}: ")
+
+
 def main_guard(body: Callable[[], int | None]) -> int:
     """Run ``body``; user errors print ``error: <message>`` and return 2 (see the module docstring)."""
     setup_console()
     try:
         return body() or 0
     except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except NumericalFault as error:
         print(f"error: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -201,6 +202,9 @@ class ExperimentConfig(_Section):
     log_every: PosInt = 25
     amp: Bool = False
     channels_last: Bool = False
+    compile: Bool = False
+    cudnn_benchmark: Bool = True
+    persistent_workers: Bool = False
     sparsity_scope: Literal["backbone", "backbone+head_inputs"] = "backbone"
     head_lambda: NonNegFloat | None = None
     on_trial_failure: Literal["continue", "stop"] = "continue"
@@ -211,6 +215,7 @@ class ExperimentConfig(_Section):
     target_group_sparsity: Annotated[float, Strict(), Field(gt=0, lt=1)] | None = None
     target_epoch: PosInt | None = None
     freeze_lambda_after_target: Bool = True
+    target_update_every: PosInt = 2
     finetune_epochs: NonNegInt = 0
     sparsity_sweep: list[Annotated[float, Strict(), Field(gt=0, lt=1)]] | None = None
 
@@ -270,6 +275,8 @@ class ExperimentConfig(_Section):
             raise ValueError("target_group_sparsity / sparsity_sweep: a sparsity target needs group_sparsity: true")
         if self.lambda_sweep and self.sparsity_sweep:
             raise ValueError("lambda_sweep and sparsity_sweep: sweep λ or the sparsity target, not both")
+        if self.finetune_epochs and not self.group_sparsity:
+            raise ValueError("finetune_epochs: fine-tuning holds zero groups at zero; it needs group_sparsity: true")
         if self.target_epoch is not None and self.target_epoch > self.epochs:
             raise ValueError(f"target_epoch: {self.target_epoch} is after the last epoch ({self.epochs})")
         low, high = self.best_lambda_band
@@ -341,6 +348,12 @@ def _check_optimizers(cfg: ExperimentConfig) -> None:
         if cfg.bb_optimizer_params.lambda_ is None and not (cfg.lambda_sweep or cfg.target_group_sparsity or cfg.sparsity_sweep):
             raise ValueError("bb_optimizer_params.lambda: None (the study's grid-search file); set a value, "
                              "add lambda_sweep, or run main_gridsearch.py")
+    if cfg.head_lambda is not None and cfg.sparsity_scope == "backbone":
+        raise ValueError("head_lambda: it sets λ of the heads' input groups, which only sparsity_scope "
+                         "'backbone+head_inputs' penalises; expected that scope or no head_lambda")
+    if cfg.head_lambda and not (cfg.bb_optimizer_params.lambda_ or cfg.target_group_sparsity or cfg.sparsity_sweep or cfg.lambda_sweep):
+        raise ValueError("head_lambda: it is kept as a ratio to the backbone's λ, which is 0 here; "
+                         "expected bb_optimizer_params.lambda > 0")
     if (cfg.optimizer == "sgd") != (bb_kind == "sgd"):
         raise ValueError(f"optimizer / bb_optimizer: {cfg.optimizer!r} cannot be mixed with {bb_kind!r}; "
                          "expected both in ('adam', 'adamw') or both 'sgd'")
@@ -357,12 +370,19 @@ def _check_task(task: str, dataset: str) -> None:
         )
 
 
-def check_data_dir(cfg: ExperimentConfig) -> None:
-    """Fail in a second, before torch loads, when the dataset folder is missing and nothing generates it."""
+def check_paths(cfg: ExperimentConfig) -> None:
+    """Fail in a second, before torch loads, when the dataset folder is missing and nothing generates it,
+    or when the trial folders cannot be written (``checkpoint_folder`` is a file, or read-only)."""
     if cfg.synthetic is None and not cfg.data_dir.is_dir():
         raise ConfigError(
             f"config key 'data_dir_{cfg.dataset_name}': folder '{cfg.data_dir}' not found; expected the dataset folder"
         )
+    runs = Path(cfg.checkpoint_folder)
+    existing = next(folder for folder in (runs, *runs.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"config key 'checkpoint_folder': '{existing}' is a file; expected a folder for the trial folders")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"config key 'checkpoint_folder': '{existing}' is not writable; expected a folder the trials can be written to")
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:

@@ -60,3 +60,27 @@ def test_sweep_figure_draws_the_dense_reference(tmp_path: Path) -> None:
     axis = figure.axes[0]
     assert [line.get_ydata()[0] for line in axis.lines if line.get_linestyle() == "--"] == [0.40]
     assert png_size(plots.save_png(figure, tmp_path / "sweep.png"))[0] <= 2400
+
+
+def test_study_figure_draws_a_line_per_setup_and_family_with_the_dense_reference(tmp_path: Path) -> None:
+    nan = float("nan")
+    table = pd.DataFrame({
+        "setup": ["single_a", "single_a", "multi", "multi", "multi", "multi"],
+        "family": ["lambda", "lambda", "lambda", "lambda", "target", "fine-tuned"],
+        "group_sparsity_mean": [0.0, 0.5, 0.0, 0.6, 0.7, 0.7], "group_sparsity_std": [0.0, 0.1, 0.0, 0.05, 0.01, 0.01],
+        "a_acc_mean": [0.40, 0.38, 0.42, 0.41, 0.39, 0.40], "a_acc_std": [0.01] * 6,
+        "delta_m_mean": [0.0, -5.0, 5.0, 2.0, -2.0, nan], "delta_m_std": [1.0] * 6,  # NaN: a point left out
+    })
+    figure = plots.study_figure(table, {"Δm (%)": "delta_m", "a: acc": "a_acc"}, x="group_sparsity", x_scale=100.0,
+                                x_label="group sparsity (%)", references={"delta_m": 0.0, "a_acc": 0.40},
+                                labels={"single_a": "single-task a", "multi": "multitask"}, title="study")
+    gain, metric = figure.axes[:2]
+    assert len(gain.containers) == 3 and len(metric.containers) == 4  # the fine-tuned Δm is NaN: no line
+    references = [line for line in metric.lines if line.get_label().startswith("single-task dense")]
+    assert len(references) == 1 and list(references[0].get_ydata()) == [0.40, 0.40]
+    first = metric.containers[0].lines[0]
+    assert list(first.get_xdata()) == [0.0, 50.0] and list(first.get_ydata()) == [0.40, 0.38]
+    labels = metric.get_legend_handles_labels()[1]
+    assert "single-task a (λ grid)" in labels and "multitask (sparsity target)" in labels and "multitask (fine-tuned)" in labels
+    width, height = png_size(plots.save_png(figure, tmp_path / "study.png"))
+    assert 600 <= width <= 2400 and height > 400

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -68,3 +67,28 @@ def test_sweep_configs_name_and_switch_sparsity(tiny_config, tmp_path: Path) -> 
     assert sparse.lambda_sweep is None and sparse.task_list == cfg.task_list
     with pytest.raises(ConfigError, match="lambda_list"):
         sweep.sweep_configs(cfg.model_copy(update={"lambda_list": [1e-5]}))
+
+
+@pytest.mark.slow
+def test_sparsity_sweep_trains_each_target_and_holds_it_exactly(tiny_config, nyud: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tiny_config(tmp_path, nyud, Experiment_name="tiny_targets", task_list=["depth_euclidean"], setup="singletask",
+                      num_trials=1, epochs=3, target_epoch=2, finetune_epochs=1, sparsity_sweep=[0.25, 0.5],
+                      max_batches_per_epoch=3)
+    path = tmp_path / "targets.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main_multi_trials.main(["--config_exp", str(path)]) == 0
+
+    table = pd.read_csv(tmp_path / "out_csv" / "tiny_targets_sweep.csv")
+    assert table["target"].tolist() == [0.25, 0.5] and list(table.columns[:3]) == ["target", "lambda", "lambda_std"]
+    assert (table["lambda"] > 0).all()
+    for target in (0.25, 0.5):
+        folder = tmp_path / "runs" / f"tiny_targets_target_{target:g}_trial_0"
+        result = json.loads((folder / "test_dict.json").read_text())["sparsity"]
+        # the best checkpoint is of the frozen phase: exactly the target's share of groups, to one group
+        assert result["zero_groups"] == round(target * result["total_groups"])
+        history = json.loads((folder / "training_dict.json").read_text())
+        assert history["target_group_sparsity"] == [target] * 4
+        assert len(set(history["lambda"][1:])) == 1  # λ frozen at the end of epoch 1 (target_epoch 2)
+    assert (tmp_path / "out_csv" / "tiny_targets_sweep.png").stat().st_size > 0
