@@ -94,6 +94,7 @@ def loader(
     seed: int,
     drop_last: bool = False,
     sampler: Sampler | None = None,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """A reproducible DataLoader: shuffling and worker RNGs derive from `seed`.
 
@@ -101,6 +102,8 @@ def loader(
     deterministic; with ``num_workers=0`` it draws from the main process's torch RNG instead.
     Workers are capped at the CPUs this process may use (the study's 8 would oversubscribe a
     small machine). A ``sampler`` (one process's share under torchrun) replaces ``shuffle``.
+    ``persistent_workers`` keeps the workers between epochs (faster, but their random state then
+    carries over, so a resumed run is no longer bit-exact).
     Batches are pinned for non-blocking copies when CUDA is there.
     """
     num_workers = min(num_workers, len(os.sched_getaffinity(0)))
@@ -114,6 +117,7 @@ def loader(
         worker_init_fn=_seed_worker,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
+        persistent_workers=persistent_workers and num_workers > 0,
     )
 
 

@@ -80,6 +80,7 @@ def test_model_needs_a_head():
         MultiTaskModel(nn.Identity(), nn.ModuleDict())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bfloat16_channels_last_forward():
     model = _model(_cfg(channels_last=True, task_list=[*NYU_TASKS, "edge_texture"])).cuda()

@@ -37,7 +37,7 @@ def study_state_dict(name: str, seed: int = 0) -> dict[str, Tensor]:
             state[key] = torch.tensor(100)
         elif key.endswith("running_var"):
             state[key] = torch.rand(shape, generator=gen) + 0.5
-        elif key.endswith("running_mean") or key.endswith(".bias"):
+        elif key.endswith(("running_mean", ".bias")):
             state[key] = 0.1 * torch.randn(shape, generator=gen)
         elif len(shape) == 1:  # BN scale
             state[key] = 1 + 0.1 * torch.randn(shape, generator=gen)

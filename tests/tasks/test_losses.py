@@ -143,6 +143,7 @@ def test_balanced_attribute_loss_needs_a_usable_positive_rate():
         AttributeTask("class_glasses", balance=True, positive_rate=0.0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_losses_do_not_sync_host_and_device():
     """Every loss but smp's Focal (boolean indexing inside smp) stays on the device."""

@@ -232,6 +232,7 @@ def test_auroc_is_nan_when_a_class_is_missing():
 
 # --- device -------------------------------------------------------------------------------------
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_updates_do_not_sync_host_and_device():
     device = torch.device("cuda")
