@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         from utils.signals import EXIT_CODES, StopOnSignal
 
         cfg = config.load(args.config_exp, [*args.overrides, *_study_grid(args.config_exp, args.overrides)])
-        config.check_data_dir(cfg)
+        config.check_paths(cfg)
         from engine import sweep
         from engine.trainer import Interrupted
 

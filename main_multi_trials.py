@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from utils.signals import EXIT_CODES, StopOnSignal
 
         cfg = config.load(args.config_exp, args.overrides)
-        config.check_data_dir(cfg)
+        config.check_paths(cfg)
         from engine import distributed, sweep, trials  # heavy imports only once the config is known to be valid
         from engine.trainer import Interrupted
 
@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with StopOnSignal() as stop:
                 try:
-                    if cfg.lambda_sweep:
+                    if cfg.lambda_sweep or cfg.sparsity_sweep:
                         table = sweep.run_sweep(cfg, trial=args.trial, stop=stop.requested, context=context)
                         if context.is_main:
-                            print(f"\n{cfg.Experiment_name}: λ sweep\n{sweep.format_sweep(cfg, table)}")
+                            print(f"\n{cfg.Experiment_name}: {sweep.sweep_key(cfg)} sweep\n{sweep.format_sweep(cfg, table)}")
                         return 0
                     rows = trials.run(cfg, trial=args.trial, stop=stop.requested, context=context)
                 except Interrupted as interrupt:
@@ -103,8 +103,8 @@ def _launch(cfg, args: argparse.Namespace) -> int:
     if result is None:
         print(f"submitted; collect the tables with: python get_outputs.py --exp_name {cfg.Experiment_name} "
               "(or run this command again: finished trials are not trained again)")
-    elif cfg.lambda_sweep:
-        print(f"\n{cfg.Experiment_name}: λ sweep\n{sweep.format_sweep(cfg, result)}")
+    elif cfg.lambda_sweep or cfg.sparsity_sweep:
+        print(f"\n{cfg.Experiment_name}: {sweep.sweep_key(cfg)} sweep\n{sweep.format_sweep(cfg, result)}")
     elif result:
         print(f"\n{cfg.Experiment_name}\n{report.format_summary(result)}")
     return 0

@@ -511,7 +511,8 @@ class _Bucket:
             self.hi = self.hi_mcp.clone()
         # θ > 0 off the zero branch, however close F(0) is to 1 (z = 0 is only for ‖Dx‖ ≤ τ)
         self.lo = torch.minimum(self.lo.clamp(min=_DENORMAL), self.hi)
-        settled = self.zero | self.keep
+        # A non-finite group (a diverged step: the training loop reports it) has no root to seek; it stays non-finite.
+        settled = self.zero | self.keep | ~(norm_x.isfinite() & norm_q.isfinite())
         self.theta = torch.where(settled, 0.0, torch.maximum(torch.minimum(self.theta, self.hi), self.lo))
         self.theta = torch.where(self.keep, self.hi, self.theta)
         self.done = settled

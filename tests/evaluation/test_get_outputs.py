@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import get_outputs
 import tasks as task_registry
@@ -171,3 +173,21 @@ def test_baseline_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no baseline for task 'depth'"):
         report.delta_m({"depth_abs_err": 1.0}, {"seg_mIoU": 0.5}, {"depth": {"abs_err": False}})
     assert report.delta_m({"seg_mIoU": 0.6}, {"seg_mIoU": 0.5}, {"seg": {"mIoU": True}})["delta_m"] == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("damage", ["empty", "other_model"])
+def test_a_damaged_checkpoint_exits_2_naming_it(trained, tmp_path: Path, capsys: pytest.CaptureFixture, damage: str) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(trained.folder(0), runs / trained.folder(0).name)
+    target = runs / trained.folder(0).name / "checkpoint.pt"
+    if damage == "empty":
+        target.write_bytes(b"")
+    else:  # a checkpoint of a wider backbone: every key there, shapes differ
+        state = torch.load(target, weights_only=True)
+        state["model"] = {key: torch.zeros(2, *value.shape) if value.ndim == 4 else value for key, value in state["model"].items()}
+        torch.save(state, target)
+    code = get_outputs.main(["--runs_dir", str(runs), "--out_dir", str(tmp_path / "out"), "--device", "cpu",
+                             "--exp_name", NAME, "--num_trials", "1"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error[-1].startswith("error: ") and str(target) in error[-1]
+    assert "Traceback" not in "\n".join(error) and not (tmp_path / "out").exists()

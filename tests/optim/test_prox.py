@@ -1,6 +1,7 @@
 """Proximal operators: closed forms, optimality conditions, brute force, MCP branches, float32."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -189,3 +190,19 @@ def test_invalid_arguments_are_named() -> None:
         prox_group_l1_l2_([torch.ones(2, 2)], alpha=1.0, lam=1.0, denoms=[torch.ones(2, 3)])
     with pytest.raises(ValueError, match="Invalid lam value: -1"):
         prox_group_l1_l2_([torch.ones(2, 2)], alpha=1.0, lam=-1)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_group_stays_non_finite_and_leaves_the_others_alone(bad: float) -> None:
+    """A diverged step (the training loop names it) must not stall the solver or change the finite groups."""
+    x, d = case(7, shape=(4, 12, 3, 3))
+    broken = x.clone()
+    broken[1, 3, 0, 0] = bad
+    reference = x.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "did not reach" warning from a group without a root
+        prox_group_l1_l2_([broken], alpha=0.1, lam=0.05, denoms=[d])
+    prox_group_l1_l2_([reference], alpha=0.1, lam=0.05, denoms=[d])
+    assert not rows(broken)[3].isfinite().all()
+    others = [j for j in range(12) if j != 3]
+    torch.testing.assert_close(rows(broken)[others], rows(reference)[others], rtol=0, atol=0)

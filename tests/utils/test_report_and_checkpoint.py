@@ -46,3 +46,25 @@ def test_torn_or_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
         ckpt.load(torn)
     with pytest.raises(DataError, match="missing.pt"):
         ckpt.load(tmp_path / "missing.pt")
+
+
+def test_opening_a_trial_folder_removes_a_killed_writers_temps_and_keeps_the_resume_state(tmp_path: Path) -> None:
+    from engine import artifacts
+    from tests.tiny import tiny_raw
+    from utils import config
+
+    cfg = config.validate(tiny_raw("temps", tmp_path / "runs", tmp_path / "data", checkpoint=True))
+    folder = artifacts.trial_folder(cfg, 0)
+    folder.mkdir(parents=True)
+    ckpt.save({"epoch": 1}, folder / artifacts.LAST_CHECKPOINT)
+    stale = folder / ".last.pt.k1lled.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    artifacts.open_folder(folder, cfg, resume=True)
+    assert not stale.exists() and ckpt.load(folder / artifacts.LAST_CHECKPOINT)["epoch"] == 1
+    assert config.load(folder / artifacts.CONFIG_FILE) == cfg
+    artifacts.open_folder(folder, cfg, resume=False)  # a fresh run clears the old state
+    assert not (folder / artifacts.LAST_CHECKPOINT).exists()
+    blocked = artifacts.trial_folder(cfg, 1)
+    blocked.write_text("a file")
+    with pytest.raises(DataError, match="is a file"):
+        artifacts.open_folder(blocked, cfg, resume=False)
