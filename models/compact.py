@@ -3,8 +3,9 @@
 :func:`compact` turns a sparse :class:`~models.multitask.MultiTaskModel` (ResNet-D or
 torchvision backbone, ASPP and attribute heads) into a :class:`CompactModel` whose eval-mode
 outputs equal the sparse model's up to float rounding, with fewer parameters, FLOPs and
-activations. The compact model is for inference only: BatchNorm keeps its running statistics
-(with folded constants), so training it would change its meaning.
+activations. The compact model is for inference only: the backbone's BatchNorm layers (their
+running statistics, with the folded constants) are folded into the convolutions' weights and
+biases, one op less per layer; the heads keep theirs.
 
 What is removed, tensor by tensor (every conv is followed by BatchNorm in the backbone):
 
@@ -67,28 +68,39 @@ from utils.errors import DataError
 
 #: Marks a compact-model file; ``VERSION`` changes when the spec's layout does.
 FORMAT = "gsmtl-compact"
-VERSION = 1
+VERSION = 2
 
 Spec = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- compact modules
 class ConvUnit(nn.Module):
-    """Gather the kept input channels (``index``; all when None), conv, BatchNorm, optional ReLU."""
+    """Gather the kept input channels (``index``; all when None), conv with its BatchNorm folded in, optional ReLU.
+
+    A dilated conv adds its bias after the conv: on small inputs torch runs dilated convs through
+    its native kernel, which applies a bias channel by channel (as slow as the conv itself).
+    """
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__()
+        separate = _bias_separate(spec)
         self.conv = nn.Conv2d(spec["in"], spec["out"], tuple(spec["kernel"]), stride=tuple(spec["stride"]),
-                              padding=tuple(spec["padding"]), dilation=tuple(spec["dilation"]), bias=False)
-        self.bn = nn.BatchNorm2d(spec["out"], eps=spec["eps"])
+                              padding=tuple(spec["padding"]), dilation=tuple(spec["dilation"]), bias=not separate)
+        self.bias = nn.Parameter(torch.zeros(spec["out"])) if separate else None
         self.relu = bool(spec["relu"])
         self.register_buffer("index", _index(spec["index"]), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.index is not None:
             x = x.index_select(1, self.index)
-        x = self.bn(self.conv(x))
+        x = self.conv(x)
+        if self.bias is not None:
+            x = x.add_(self.bias[:, None, None])
         return x.relu_() if self.relu else x
+
+
+def _bias_separate(spec: Mapping[str, Any]) -> bool:
+    return any(d > 1 for d in spec["dilation"])
 
 
 class CompactBlock(nn.Module):
@@ -150,7 +162,7 @@ class GatheredHead(nn.Module):
 class CompactModel(MultiTaskModel):
     """The compact model of ``spec``: ``forward(images, tasks=None)`` as :class:`MultiTaskModel`'s.
 
-    Built in eval mode (its BatchNorm statistics carry folded constants). ``spec`` is plain
+    Built in eval mode (the heads' BatchNorm use their running statistics). ``spec`` is plain
     data; the weights come from ``load_state_dict``.
     """
 
@@ -354,22 +366,23 @@ def _unit_spec(unit: _Unit, available: Tensor, prefix: str, state: dict[str, Ten
     """Spec of one compact conv unit; its tensors go into ``state`` under ``prefix``."""
     conv, bn = unit.layer.conv, unit.layer.bn
     outputs, reads = _kept(unit.outputs), _kept(unit.reads)
-    weight = conv.weight.detach()[outputs][:, reads].clone()
+    weight = conv.weight.detach()[outputs][:, reads].double()
     weight[:, unit.use.absorbed[reads].to(weight.device)] = 0  # a folded column kept as an input counts once
-    shift = unit.use.shift[outputs].to(bn.running_mean)
-    state.update({
-        f"{prefix}.conv.weight": weight,
-        f"{prefix}.bn.weight": bn.weight.detach()[outputs].clone(),
-        f"{prefix}.bn.bias": bn.bias.detach()[outputs].clone(),
-        f"{prefix}.bn.running_mean": bn.running_mean[outputs] - shift,
-        f"{prefix}.bn.running_var": bn.running_var[outputs].clone(),
-        f"{prefix}.bn.num_batches_tracked": bn.num_batches_tracked.clone(),
-    })
-    return {
+    # BatchNorm (eval statistics, the folded constants' shift included) into the conv, in float64:
+    # y = scale · (conv(x) + shift − mean) + β, so the weights take the scale and the bias the rest.
+    index = torch.tensor(outputs, dtype=torch.long, device=weight.device)
+    scale = bn.weight.detach().double()[index] / (bn.running_var.double()[index] + bn.eps).sqrt()
+    mean = bn.running_mean.double()[index] - unit.use.shift[outputs].to(weight.device)
+    spec = {
         "name": unit.layer.name, "in": len(reads), "out": len(outputs), "kernel": list(conv.kernel_size),
         "stride": list(conv.stride), "padding": list(conv.padding), "dilation": list(conv.dilation),
-        "relu": unit.layer.relu, "eps": bn.eps, "index": _positions(unit.reads, available), "kept": outputs,
+        "relu": unit.layer.relu, "index": _positions(unit.reads, available), "kept": outputs,
     }
+    state.update({
+        f"{prefix}.conv.weight": (weight * scale[:, None, None, None]).to(conv.weight.dtype),
+        f"{prefix}.{'bias' if _bias_separate(spec) else 'conv.bias'}": (bn.bias.detach().double()[index] - scale * mean).to(conv.weight.dtype),
+    })
+    return spec
 
 
 def _plan(model: nn.Module) -> tuple[Spec, dict[str, Tensor]]:

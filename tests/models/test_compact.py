@@ -84,6 +84,11 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def folded(model: nn.Module, within: nn.Module | None = None) -> int:
+    """Backbone BatchNorm channels (of ``within`` only, when given): their γ and β become one conv bias in the compact model."""
+    return sum(m.num_features for m in (within or model.backbone).modules() if isinstance(m, nn.BatchNorm2d))
+
+
 def flops(model: nn.Module, size: tuple[int, int] = SIZE) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, *size))
@@ -109,7 +114,7 @@ def test_without_zero_groups_the_compact_model_is_the_same_model(backbone: str, 
     model = make_model(backbone)
     small = compact(model)
     assert isinstance(small, CompactModel) and not small.training
-    assert params(small) == params(model) and flops(small) == flops(model)
+    assert params(small) == params(model) - folded(model) and flops(small) == flops(model)
     assert all(block["shortcut_index"] is None for stage in small.spec["backbone"]["stages"] for block in stage)
     with torch.no_grad():
         for images in (torch.randn(2, 3, *SIZE), pipeline_images):
@@ -140,7 +145,8 @@ def test_parameters_and_flops_drop_by_the_zeroed_share() -> None:
     small = compact(model)
     conv1_weights = planes // 2 * block.conv1.in_channels * 9
     conv2_weights = block.conv2.out_channels * planes // 2 * 9
-    assert params(model) - params(small) == conv1_weights + conv2_weights + 2 * (planes // 2)
+    kept_bn = folded(model) - planes // 2
+    assert params(model) - params(small) == conv1_weights + conv2_weights + 2 * (planes // 2) + kept_bn
     h, w = SIZE[0] // 8, SIZE[1] // 8  # layer2 runs at 1/8 resolution
     assert flops(model) - flops(small) == 2 * (conv1_weights + conv2_weights) * h * w
     unit = small.spec["backbone"]["stages"][1][1]["branch"][0]
@@ -158,7 +164,8 @@ def test_a_fully_zero_residual_branch_becomes_a_constant(backbone: str, last: st
     compact_block = small.backbone.layer3[1]
     assert compact_block.branch is None and compact_block.constant.shape == (block.conv1.in_channels,)
     removed = sum(p.numel() for name, p in block.named_parameters() if not name.startswith("downsample"))
-    assert params(model) - params(small) == removed
+    branch_bn = folded(model, block) - (block.downsample[1].num_features if block.downsample is not None else 0)
+    assert params(model) - params(small) == removed + folded(model) - branch_bn
     assert_exact(model, small)
 
 
