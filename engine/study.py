@@ -170,11 +170,7 @@ class Study:
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Study:
     """Read and validate a study file and plan its cells; ``overrides`` (``key=value``, dotted) change experiment keys."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file '{path}' not found; expected a YAML study file")
-    raw = yaml_io.read(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of study keys at the top level")
+    raw = yaml_io.read_mapping(path, kind="study")
     try:
         spec = StudyFile.model_validate(raw)
     except ValidationError as error:
@@ -210,12 +206,8 @@ def _base_keys(spec: StudyFile, path: Path) -> dict[str, Any]:
         return dict(spec.experiment)
     file = Path(spec.experiment).expanduser()
     file = file if file.is_absolute() else path.parent / file
-    if not file.is_file():
-        raise ConfigError(f"{path}: key 'experiment': file '{file}' not found; expected an experiment YAML (a path relative to the study file)")
-    raw = yaml_io.read(file)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: expected a mapping of experiment keys at the top level")
-    return raw
+    return yaml_io.read_mapping(file, kind="experiment", missing=(
+        f"{path}: key 'experiment': file '{file}' not found; expected an experiment YAML (a path relative to the study file)"))
 
 
 def _validate_base(spec: StudyFile, experiment: Mapping[str, Any], *, source: str) -> ExperimentConfig:

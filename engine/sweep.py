@@ -7,7 +7,7 @@ decoded once for the whole sweep.
 
 **Best λ** (recorded in the sweep table and in ``<exp>_best_lambda.json``): among the λ whose
 mean group sparsity lies in ``best_lambda_band`` (default 25–80 %, the study's band), the one
-with the best Δm on the **validation** split against the sweep's smallest λ, every metric's
+with the best Δm on the **validation** split against the sweep's smallest λ (``Task.delta_m_metrics``), every metric's
 direction respected (REFERENCE §6). The study compared each λ with the first one only and
 counted a higher depth error as better; here Δm weighs every task and metric the same way.
 """

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
+from models.backbones import ResNetBackbone
 from models.heads import ClassificationHead, DenseHead, build_head
 from models.multitask import MultiTaskModel
 from optim.groups import head_input_layers
@@ -126,25 +127,15 @@ class CompactBlock(nn.Module):
         return out.relu_()
 
 
-class CompactBackbone(nn.Module):
-    """Stem then ``layer1`` … ``layer4`` of compact blocks, like :class:`~models.backbones.ResNetBackbone`."""
+class CompactBackbone(ResNetBackbone):
+    """A :class:`~models.backbones.ResNetBackbone` of compact conv units and blocks, built from its spec."""
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
-        super().__init__()
         stem: list[nn.Module] = [ConvUnit(unit) for unit in spec["stem"]]
         if spec["pool"] is not None:
             stem.append(nn.MaxPool2d(**spec["pool"]))
-        self.stem = nn.Sequential(*stem)
-        for i, stage in enumerate(spec["stages"], start=1):
-            setattr(self, f"layer{i}", nn.Sequential(*(CompactBlock(block) for block in stage)))
-        self.out_channels = int(spec["out_channels"])
-
-    def forward(self, images: Tensor) -> Tensor:
-        x = self.stem(images)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+        stages = [nn.Sequential(*(CompactBlock(block) for block in stage)) for stage in spec["stages"]]
+        super().__init__(nn.Sequential(*stem), stages, int(spec["out_channels"]))
 
 
 class GatheredHead(nn.Module):

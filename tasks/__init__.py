@@ -54,8 +54,8 @@ def kind(name: str) -> type[Task]:
 
 
 def directions(names: Iterable[str]) -> dict[str, dict[str, bool]]:
-    """Per task, ``{metric: higher_is_better}`` for every metric it computes (for Δm and "best" choices)."""
-    return {name: dict(kind(name).higher_is_better) for name in names}
+    """Per task, ``{metric: higher_is_better}`` for the metrics Δm and "best" choices count (``Task.delta_m_metrics``)."""
+    return {name: {metric: kind(name).higher_is_better[metric] for metric in kind(name).delta_m_metrics} for name in names}
 
 
 def primary_metrics(names: Iterable[str]) -> dict[str, str]:

@@ -79,6 +79,7 @@ class AttributeTask(Task):
     head_kind = "classification"
     primary_metric = "f1_weighted"
     higher_is_better = MappingProxyType({"accuracy": True, "f1_weighted": True, "auroc": True})
+    delta_m_metrics = ("accuracy", "f1_weighted", "auroc")
 
     def __init__(
         self, name: str, *, threshold: float = 0.5, balance: bool = False, positive_rate: float | None = None,

@@ -24,13 +24,17 @@ class Task(ABC):
     """One prediction task: ``name`` (the study's), head spec, loss and a fresh metric per split.
 
     Subclasses set the class attributes: ``head_kind``, ``primary_metric`` (the key early
-    stopping and summaries watch) and ``higher_is_better`` (a direction for every key that
-    :meth:`metric` computes, for Δm and "best" comparisons).
+    stopping and summaries watch), ``higher_is_better`` (a direction for every key that
+    :meth:`metric` computes) and ``delta_m_metrics``: the metrics Δm and "best" comparisons
+    count, the field's protocol (LibMTL's on NYU), each quantity once. The study's figure
+    variants (``mIoU_imagewise``, depth errors on per-image-max depth, which equal the plain
+    ones when training on that depth) are reported beside them but never counted.
     """
 
     head_kind: ClassVar[HeadKind]
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[Mapping[str, bool]]
+    delta_m_metrics: ClassVar[tuple[str, ...]]
 
     def __init__(self, name: str, out_channels: int) -> None:
         self.name = name

@@ -73,6 +73,7 @@ class DepthTask(Task):
     higher_is_better = MappingProxyType(
         {"abs_err": False, "rel_err": False, "rmse": False, "abs_err_norm": False, "rmse_norm": False}
     )
+    delta_m_metrics = ("abs_err", "rel_err")
 
     def __init__(self, name: str, *, squared: bool = True, sigmoid: bool = False) -> None:
         super().__init__(name, 1)

@@ -44,6 +44,7 @@ class EdgeTask(Task):
     head_kind = "dense"
     primary_metric = "abs_err"
     higher_is_better = MappingProxyType({"abs_err": False})
+    delta_m_metrics = ("abs_err",)
 
     def __init__(self, name: str) -> None:
         super().__init__(name, 1)

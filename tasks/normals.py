@@ -98,6 +98,7 @@ class NormalsTask(Task):
         **{f"within_{threshold:g}": True for threshold in THRESHOLDS},
         "cos_sim": True,
     })
+    delta_m_metrics = ("mean", "median", "within_11.25", "within_22.5", "within_30")
 
     def __init__(self, name: str, *, tanh: bool = False) -> None:
         super().__init__(name, 3)

@@ -125,6 +125,7 @@ class SegmentationTask(Task):
     head_kind = "dense"
     primary_metric = "mIoU"
     higher_is_better = MappingProxyType({"mIoU": True, "pixel_acc": True, "mIoU_imagewise": True})
+    delta_m_metrics = ("mIoU", "pixel_acc")
 
     def __init__(self, name: str, num_classes: int, *, loss_name: str = "softCEloss") -> None:
         super().__init__(name, num_classes)

@@ -391,11 +391,7 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
     The study's saved-config keys that mean nothing here are logged once, as ignored.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; expected a YAML experiment file")
-    raw = yaml_io.read(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    raw = yaml_io.read_mapping(path, kind="config", missing=f"config file '{path}' not found; expected a YAML experiment file")
     for override in overrides:
         _apply_override(raw, override)
     cfg = validate(raw, source=str(path))

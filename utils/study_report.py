@@ -4,9 +4,9 @@ Torch-free: it reads the per-trial rows the cells' trials wrote (``report.trial_
 rows of ``<exp>_trials.csv``), so the tables can be rebuilt from the trial folders at any time.
 
 **Δm convention.** The baseline of a task is its single-task **dense** cell (λ = 0): the mean
-over that cell's finished trials of every metric of the task. Each finished trial of a cell gets
-its own Δm against those baselines (``utils.report.delta_m``, every metric of every task of
-the cell, REFERENCE §6); the table reports the mean and the population std of those per-trial
+over that cell's finished trials of each Δm metric of the task (``Task.delta_m_metrics``: the
+field's protocol, each quantity once). Each finished trial of a cell gets its own Δm against
+those baselines (``utils.report.delta_m``, every task of the cell, REFERENCE §6); the table reports the mean and the population std of those per-trial
 values. Δm is linear in the metrics, so the mean equals Δm of the cell's mean row, up to metrics
 that are undefined (NaN) in some trials; the std gives the figures their error bars. A
 baseline metric whose mean is 0 or not finite cannot be divided by and is left out of Δm (the
@@ -122,7 +122,7 @@ class StudyOutputs:
 
 
 def baseline(cells: Sequence[CellResult], directions: Mapping[str, Mapping[str, bool]]) -> Baseline:
-    """Means over the finished trials of each single-task dense cell, for every metric of its task."""
+    """Means over the finished trials of each single-task dense cell, for each Δm metric of its task."""
     values: dict[str, float] = {}
     left_out: list[str] = []
     for cell in cells:
@@ -282,8 +282,8 @@ def summary_markdown(table: pd.DataFrame, info: StudyInfo, *, left_out: Sequence
         f"{height}×{width} inputs, up to {info.epochs} epoch(s). Setups: {setups}. Levels: {levels}. "
         f"{info.num_trials} trial(s) per cell (seeds {info.seed}…{info.seed + info.num_trials - 1}). Every number is the "
         "mean ± population std over a cell's finished trials on the test split, each task tested with its best "
-        "validation checkpoint. Δm (%) compares a row with the single-task dense baselines over every metric of each of "
-        "its tasks (REFERENCE §6); positive is better than training each task alone and densely. It is computed per "
+        "validation checkpoint. Δm (%) compares a row with the single-task dense baselines over the standard metrics of "
+        "each of its tasks (REFERENCE §6; LibMTL's set on NYU, each quantity once); positive is better than training each task alone and densely. It is computed per "
         "trial, then averaged.",
     ]
     if left_out:
@@ -344,7 +344,7 @@ def _multitask_gain(rows: Sequence[Mapping[str, Any]], info: StudyInfo) -> str:
                              for task in str(dense["tasks"]).split("+"))
         parts.append(f"dense, {_gain(dense)} ({per_task})")
     best = max(measured, key=lambda row: _mean(row, "delta_m"))
-    parts.append(f"best {_gain(best)} ({level_label(best)}, {_sparsity(best)})")
+    parts.append(f"best {_gain(best)} ({level_label(best)}, {_sparsity(best)}{_within_noise(best, dense)})")
     keeping = [r for r in measured if _mean(r, "delta_m") >= 0 and _mean(r, "group_sparsity") > 0]
     if keeping:
         sparsest = max(keeping, key=lambda row: _mean(row, "group_sparsity"))
@@ -353,6 +353,16 @@ def _multitask_gain(rows: Sequence[Mapping[str, Any]], info: StudyInfo) -> str:
     else:
         parts.append("no sparse cell reaches Δm ≥ 0")
     return f"**{name} vs single-task**: " + "; ".join(parts) + "."
+
+
+def _within_noise(row: Mapping[str, Any], dense: Mapping[str, Any] | None) -> str:
+    """A caution when ``row``'s Δm differs from the dense row's by no more than the larger std over trials."""
+    if dense is None or row is dense:
+        return ""
+    spread = max(float(row.get("delta_m_std", math.nan)), float(dense.get("delta_m_std", math.nan)))
+    if math.isfinite(spread) and abs(_mean(row, "delta_m") - _mean(dense, "delta_m")) <= spread:
+        return "; within one std of dense over trials, so not a clear difference"
+    return ""
 
 
 def _single_task_cost(records: Sequence[Mapping[str, Any]], info: StudyInfo) -> list[str]:

@@ -15,6 +15,7 @@ import math
 import pickle
 import re
 import struct
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -144,3 +145,13 @@ def read(path: Any) -> Any:
     except OSError as error:
         raise ConfigError(f"{path}: cannot be read ({error.strerror}); expected a readable YAML file") from None
     return parse(text, source=str(path))
+
+
+def read_mapping(path: Path, *, kind: str, missing: str | None = None) -> dict[Any, Any]:
+    """A YAML file whose top level maps ``kind`` keys (``"config"``, ``"study"``); ``missing`` words a missing file."""
+    if not path.is_file():
+        raise ConfigError(missing or f"{kind} file '{path}' not found; expected a YAML {kind} file")
+    raw = read(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of {kind} keys at the top level")
+    return raw

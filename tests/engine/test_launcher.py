@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import submitit
-import torch
 import yaml
 
 import main_multi_trials
@@ -30,15 +28,6 @@ def sweep_file(tmp: Path, data_dir: Path) -> Path:
     path = tmp / "grid.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread here, as in the jobs' processes: the same float summation order, the same numbers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_a_local_submitit_sweep_gives_the_sequential_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:

@@ -61,7 +61,7 @@ def study_runs(nyud: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "Experiment_name": EXP.rstrip("_"), "dataset_name": "NYU", "task_list": TASKS, "setup": "multitask",
                 "group_sparsity": True, "sparsity_threshold": 0, "backbone": "resnetd50", "checkpoint": False,
                 "checkpoint_folder": "../results/runs/", "num_trials": 5, "wandb_img_log": False, "comb_loss": "uncertainity",
-                "train_batch_size": 16, "val_batch_size": 8, "test_batch_size": 8, "input_shape": 64, "epochs": 1000,
+                "train_batch_size": 16, "val_batch_size": 8, "test_batch_size": 8, "input_shape": 32, "epochs": 1000,
                 "num_workers": 8, "earlystop_patience": 25, "task_earlystop_patience": 25, "input_img_channels": 3,
                 "seg_loss_fn": "softCEloss", "optimizer": "adam",
                 "optimizer_params": {"learning_rate": 0.0001, "betas": [0.9, 0.999], "weight_decay": 0.01, "penalty": "l1_l2", "lambda": 1e-5},

@@ -8,7 +8,6 @@ so folded constants and dead channels carry non-trivial values. Outputs must agr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,13 +36,7 @@ SIZE = (32, 48)
 HEADS = {"seg": ("dense", 5), "depth": ("dense", 1), "attr": ("classification", 1)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small convolutions run faster on one intra-op thread, and OpenMP stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions run faster on one thread
 
 
 def make_model(backbone: str = "resnetd18", heads: dict[str, tuple[str, int]] = HEADS, seed: int = 0) -> MultiTaskModel:

@@ -1,14 +1,8 @@
-"""Optimizer tests use tiny tensors: one intra-op thread avoids OpenMP stalls on a busy machine."""
-
-from collections.abc import Iterator
+"""Optimizer tests use tiny tensors: every one runs on one intra-op thread (``one_thread``)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Applies the shared ``one_thread`` fixture to every test of this room."""

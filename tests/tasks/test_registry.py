@@ -39,6 +39,18 @@ def test_task_kinds_answer_without_building():
     assert tasks.kind("class_Young") is AttributeTask
 
 
+def test_delta_m_counts_each_standard_metric_once():
+    """The study's per-image-max depth errors equal the plain ones on normalised depth: never counted twice."""
+    nyu = tasks.directions(NYU)
+    assert nyu["depth_euclidean"] == {"abs_err": False, "rel_err": False}
+    assert set(nyu["segmentsemantic"]) == {"mIoU", "pixel_acc"}
+    assert set(nyu["surface_normal"]) == {"mean", "median", "within_11.25", "within_22.5", "within_30"}
+    for name in [*NYU, *CELEBA]:
+        kind = tasks.kind(name)
+        assert kind.primary_metric in kind.delta_m_metrics
+        assert set(kind.delta_m_metrics) <= set(kind.higher_is_better)
+
+
 @pytest.mark.parametrize("loss_name", ["softCEloss", "dice", "Tversky", "Focal"])
 def test_seg_loss_fn_is_used(loss_name):
     task = tasks.build(_cfg(seg_loss_fn=loss_name))["segmentsemantic"]
