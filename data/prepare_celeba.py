@@ -58,6 +58,9 @@ from utils.io import write_bytes
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 95
+#: The release's image side; a larger --size would only upsample (and a huge one exhaust memory).
+MAX_SIZE = 1024
+
 
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Atomic write that leaves an identical file untouched (so a rerun changes no mtime)."""
@@ -312,7 +315,8 @@ def _parser() -> argparse.ArgumentParser:
         "--raw", type=Path, required=True, help="the release: CelebA-HQ-img/, CelebAMask-HQ-mask-anno/, the attribute file"
     )
     parser.add_argument("--out", type=Path, required=True, help="where the formatted copy goes")
-    parser.add_argument("--size", type=int, default=256, help="side of the square outputs (default 256)")
+    parser.add_argument("--size", type=int, default=256,
+                        help=f"side of the square outputs, 1 to {MAX_SIZE} (the release's image side; default 256)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default min(4, CPUs); 1 = no pool)")
     parser.add_argument("--skip-bad", action="store_true", help="leave bad inputs out (counted) instead of stopping")
     parser.add_argument("--seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of the 80/10/10 split (default 0)")
@@ -321,8 +325,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.size < 1:
-        _parser().error(f"--size must be positive, got {args.size}")
+    if not 1 <= args.size <= MAX_SIZE:
+        _parser().error(f"--size must be 1 to {MAX_SIZE} (the release's images are {MAX_SIZE}x{MAX_SIZE}), got {args.size}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = prepare(args.raw, args.out, size=args.size, workers=args.workers, skip_bad=args.skip_bad, seed=args.seed)

@@ -89,6 +89,16 @@ def test_help_prints_the_part_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "eye_g   -> 2 (face)" in help_text and "hair    -> 1 (hair)" in help_text and "cloth   -> 0" in help_text
 
 
+@pytest.mark.parametrize("size", [0, 1025, 100_000])
+def test_a_size_outside_the_releases_range_exits_2_before_reading(size: int, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        prepare_celeba.main(["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--size", str(size)])
+    assert exit_.value.code == 2
+    assert f"--size must be 1 to 1024 (the release's images are 1024x1024), got {size}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_official_partition_when_mapping_and_partition_are_present(tmp_path: Path) -> None:
     source = make_celeba_raw(tmp_path / "raw", num_images=NUM, image_size=32, mask_size=16, seed=3, with_mapping=True)
     assert run(source, tmp_path / "out") == 0
