@@ -35,6 +35,8 @@ PosInt = Annotated[int, Strict(), Field(gt=0)]
 NonNegInt = Annotated[int, Strict(), Field(ge=0)]
 PosFloat = Annotated[float, Strict(), Field(gt=0)]
 NonNegFloat = Annotated[float, Strict(), Field(ge=0)]
+#: An image side in pixels: 8 K is far beyond any dataset here, and a typo (256000) would exhaust memory.
+Side = Annotated[int, Strict(), Field(gt=0, le=8192)]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 BackboneName = Literal[
     "resnetd18", "resnetd34", "resnetd50", "resnetd101",
@@ -116,8 +118,8 @@ class SyntheticConfig(_Section):
     """Generate a NYUD_MT-layout dataset into the data folder when it is not there yet."""
 
     num_images: PosInt = 600
-    height: PosInt = 96
-    width: PosInt = 128
+    height: Side = 96
+    width: Side = 128
     seed: Int = 0
 
 
@@ -154,7 +156,7 @@ class ExperimentConfig(_Section):
     train_batch_size: PosInt = 16
     val_batch_size: PosInt = 8
     test_batch_size: PosInt = 8
-    input_shape: PosInt | tuple[PosInt, PosInt] = 256
+    input_shape: Side | tuple[Side, Side] = 256
     epochs: PosInt = 100
     earlystop_patience: PosInt = 25
     task_earlystop_patience: PosInt = 25
