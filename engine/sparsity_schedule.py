@@ -6,8 +6,9 @@
 - **target-sparsity mode** (``target_group_sparsity``): λ is the controlled variable of a
   proportional-integral controller on the group-sparsity error, in log space (see
   :class:`LambdaController`), which brings the sparsity near the target by ``target_epoch``.
-  With ``freeze_lambda_after_target`` (default), at the end of that epoch λ is frozen and with
-  it the sparsity pattern: the groups held at zero are the ``round(target · groups)`` weakest
+  With ``freeze_lambda_after_target`` (default), when epoch ``target_epoch`` starts (at the
+  end of the epoch before it; of epoch 1 when ``target_epoch`` is 1) λ is frozen and with it
+  the sparsity pattern, so the target epoch trains, and is measured, at the target: the groups held at zero are the ``round(target · groups)`` weakest
   (smallest ‖w_g‖/λ_g; the zero groups first), the others train on, the prox stops. So the
   model converges at a fixed objective (the loss on the surviving channels) and at the target
   sparsity, to one group. (Under a fixed λ the weighted prox alone lets groups near the
@@ -161,12 +162,14 @@ class SparsitySchedule:
         return self.controller is not None and self.freeze and not self.controller.frozen
 
     def on_epoch_end(self, epoch: int) -> bool:
-        """At the end of epoch ``target_epoch``, freeze λ and hold the target's weakest groups at zero.
+        """Before epoch ``target_epoch`` (1-based), freeze λ and hold the target's weakest groups at zero.
 
+        Freezing one epoch ahead lets the zero groups the pattern does not hold (the controller
+        may overshoot) revive at their next step, so the target epoch ends at the target.
         Returns True when it froze the pattern now (the trainer then restarts early stopping).
         """
         controller = self.controller
-        if controller is None or not self.freeze or controller.frozen or epoch + 1 < self.target_epoch:
+        if controller is None or not self.freeze or controller.frozen or epoch + 1 < max(1, self.target_epoch - 1):
             return False
         controller.frozen = True
         self.held = _target_pattern(self.optimizer, controller.target)

@@ -134,12 +134,12 @@ def test_target_pattern_is_the_weakest_groups_over_all_layers(tmp_path: Path, ta
 
 
 def test_target_epoch_freezes_the_pattern_at_exactly_the_target(tmp_path: Path) -> None:
-    _, model, optimizer, schedule = make(tmp_path, target_group_sparsity=0.4, target_epoch=2)
+    _, model, optimizer, schedule = make(tmp_path, target_group_sparsity=0.4, target_epoch=3)
     groups = sum(w.shape[1] for w in sparsity.conv_weights(model.backbone).values())
     schedule.on_epoch_start(0)
     train_steps(model, optimizer, schedule, 4)
     assert schedule.seeking_target
-    assert not schedule.on_epoch_end(0)  # not yet: target_epoch is 2
+    assert not schedule.on_epoch_end(0)  # not yet: the pattern freezes when epoch 3 (1-based) starts
     schedule.on_epoch_start(1)
     train_steps(model, optimizer, schedule, 4)
     assert schedule.on_epoch_end(1) and not schedule.seeking_target
@@ -155,6 +155,20 @@ def test_target_epoch_freezes_the_pattern_at_exactly_the_target(tmp_path: Path) 
         alive = [j for j in range(w0.shape[1]) if j not in zero]
         assert not torch.equal(w0[:, alive], w1[:, alive])  # the surviving groups train on
     assert schedule.on_epoch_start(3) == lam  # λ frozen
+
+
+def test_zero_groups_beyond_the_target_revive_in_the_target_epoch(tmp_path: Path) -> None:
+    """An overshooting controller leaves extra zero groups at the freeze: one step later only the held ones are zero."""
+    _, model, optimizer, schedule = make(tmp_path, target_group_sparsity=0.2, target_epoch=2)
+    groups = sum(w.shape[1] for w in sparsity.conv_weights(model.backbone).values())
+    with torch.no_grad():
+        for w in sparsity.conv_weights(model.backbone).values():
+            w[:, : w.shape[1] // 2] = 0  # 50 % zero, well over the target
+    schedule.on_epoch_start(0)
+    assert schedule.on_epoch_end(0)  # target_epoch 2: frozen before it starts
+    schedule.on_epoch_start(1)
+    train_steps(model, optimizer, schedule, 1)
+    assert sum(map(len, zero_groups(model))) == round(0.2 * groups)
 
 
 def test_finetuning_holds_the_zero_groups_of_the_last_main_epoch(tmp_path: Path) -> None:
