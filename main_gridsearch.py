@@ -62,9 +62,9 @@ def _study_grid(path: str, overrides: list[str]) -> list[str]:
 
     raw = yaml_io.read(Path(path)) if Path(path).is_file() else {}
     given = any(o.split("=", 1)[0].strip() in ("lambda_sweep", "bb_optimizer_params.lambda") for o in overrides)
-    lam = (raw.get("bb_optimizer_params") or {}).get("lambda") if isinstance(raw, dict) else None
-    if given or not isinstance(raw, dict) or raw.get("lambda_sweep") or config.none_spelling(lam) is not None:
-        return []
+    params = (raw.get("bb_optimizer_params") or {}) if isinstance(raw, dict) else None
+    if given or not isinstance(params, dict) or raw.get("lambda_sweep") or config.none_spelling(params.get("lambda")) is not None:
+        return []  # a file without the study's `lambda: None` (or a malformed one, which validation reports)
     return [f"lambda_sweep=[{', '.join(map(str, STUDY_LAMBDA_GRID))}]"]
 
 

@@ -21,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from utils.cli import main_guard
+from utils.cli import EXIT_FAILED, main_guard
 from utils.config import DEFAULT_CONFIG
 
 
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = config.load(args.config_exp, args.overrides)
         config.check_paths(cfg)
+        if args.trial is not None:
+            config.check_trial(cfg, args.trial)
         from engine import distributed, sweep, trials  # heavy imports only once the config is known to be valid
         from engine.trainer import Interrupted
 
@@ -82,8 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                     return EXIT_CODES.get(interrupt.signal_name, 130)
         finally:
             distributed.shutdown()
-        if rows:
-            print(f"\n{cfg.Experiment_name}\n{report.format_summary(rows)}")
+        if not context.is_main:
+            return 0
+        if not rows:  # trials.run raises for anything else: every trial failed
+            print(f"error: no trial of {cfg.Experiment_name} finished; the reasons are in "
+                  f"out_csv/{cfg.Experiment_name}_trials.csv", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"\n{cfg.Experiment_name}\n{report.format_summary(rows)}")
         return 0
 
     return main_guard(body)

@@ -12,8 +12,13 @@ trial folder, and logs them as images to a wandb run (offline by default) in the
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import artifacts
 from engine.measure import surviving_channels
@@ -46,24 +51,59 @@ def sparsity_panels(trial: Trial, folder: Path, checkpoint: str | None) -> list[
     return panels
 
 
-def curves(trial: Trial, folder: Path) -> tuple[dict[str, list[float]], dict[str, tuple[str, list[float]]]]:
-    """Per-epoch sparsity and each task's primary validation metric from the history files (ours or the study's).
+@dataclass(frozen=True)
+class Curves:
+    """What the training-curves figure draws, read from the history files and checked."""
+
+    sparsity: dict[str, list[float]]  # ratio name -> value per epoch
+    metrics: dict[str, tuple[str, list[float]]]  # task -> (metric name, value per epoch)
+    lambdas: list[float]
+    target: float | None
+
+
+def curves(trial: Trial, folder: Path) -> Curves:
+    """Per-epoch sparsity, λ, the target and each task's primary validation metric from the history files (ours or the study's).
 
     The study's history has no sparsity and names metrics its own way (``IoU``, ``mae``,
-    ``cos_similarity``, ``F1``); its equivalent of each primary metric is plotted then.
+    ``cos_similarity``, ``F1``); its equivalent of each primary metric is plotted then. Every
+    value drawn is checked here, so a hand-edited file is one line naming it and the key.
     """
-    train_file, val_file = artifacts.HISTORY_FILES
-    train, val = io.read_json(folder / train_file), io.read_json(folder / val_file)
-    if not isinstance(train, dict) or not isinstance(val, dict) or not isinstance(val.get("metric", {}), dict):
-        raise DataError(f"'{folder}': {train_file} / {val_file} are not training histories (expected JSON objects)")
+    train_file, val_file = (folder / name for name in artifacts.HISTORY_FILES)
+    train = _mapping(io.read_json(train_file), train_file, "")
+    val = _mapping(io.read_json(val_file), val_file, "")
+    histories = _mapping(val.get("metric", {}), val_file, "metric")
     metrics = {}
     for name, task in trial.tasks.items():
-        history = val.get("metric", {}).get(name, {})
+        history = _mapping(histories.get(name, {}), val_file, f"metric.{name}")
         for key in (task.primary_metric, *report.study_metric_names(name)):
             if key in history:
-                metrics[name] = (key, list(history[key]))
+                metrics[name] = (key, _series(history[key], val_file, f"metric.{name}.{key}"))
                 break
-    return train.get("sparsity", {}), metrics
+    spars = {key: _series(values, train_file, f"sparsity.{key}")
+             for key, values in _mapping(train.get("sparsity", {}), train_file, "sparsity").items() if key.endswith("_sparsity")}
+    targets = _series(train.get("target_group_sparsity") or [], train_file, "target_group_sparsity")
+    return Curves(sparsity=spars, metrics=metrics, lambdas=_series(train.get("lambda", []), train_file, "lambda"),
+                  target=targets[-1] if targets else None)
+
+
+def _mapping(value: Any, file: Path, key: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else a one-line error naming the history file and the key."""
+    if not isinstance(value, dict):
+        where = f"key '{key}' holds" if key else "holds"
+        raise DataError(f"'{file}': {where} {_shown(value)}; expected a JSON object (a training history written by training)")
+    return value
+
+
+def _series(value: Any, file: Path, key: str) -> list[float]:
+    """``value`` as one number per epoch (null read as NaN), else a one-line error naming the history file and the key."""
+    if not isinstance(value, list) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value):
+        raise DataError(f"'{file}': key '{key}' holds {_shown(value)}; expected a list of numbers, one per epoch")
+    return [math.nan if v is None else float(v) for v in value]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def trial_figures(folder: Path, *, checkpoint: str | None = None) -> dict[str, Path]:
@@ -74,14 +114,13 @@ def trial_figures(folder: Path, *, checkpoint: str | None = None) -> dict[str, P
     cfg = artifacts.offline_config(folder)
     trial = build_trial(cfg)
     panels = sparsity_panels(trial, folder, checkpoint)
-    spars, metrics = curves(trial, folder)
+    history = curves(trial, folder)
     lam = (cfg.bb_optimizer_params.lambda_ or 0.0) if cfg.group_sparsity else 0.0
     title = (f"{folder.name}: {cfg.dataset_name}, {cfg.setup} ({', '.join(cfg.task_list)}), "
              f"{cfg.backbone}, λ = {lam:g}")
     sparsity_png = plots.sparsity_figure(panels, title=title)
-    train = io.read_json(folder / artifacts.HISTORY_FILES[0])
-    targets = train.get("target_group_sparsity") or [None]
-    curves_png = plots.training_curves_figure(spars, metrics, title=title, lambdas=train.get("lambda", []), target=targets[-1])
+    curves_png = plots.training_curves_figure(history.sparsity, history.metrics, title=title, lambdas=history.lambdas,
+                                              target=history.target)
     return {"sparsity_plot": plots.save_png(sparsity_png, folder / SPARSITY_PNG),
             "training_curves": plots.save_png(curves_png, folder / CURVES_PNG)}
 
@@ -116,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.exp_folder_path)
         if not folder.is_dir():
             raise DataError(f"--exp_folder_path '{folder}' is not a folder; expected a trial folder")
+        directory = args.wandb_dir or folder.resolve().parent
+        if os.environ.get("WANDB_MODE", args.wandb) != "disabled":  # as RunLogger decides; checked before any figure is made
+            config.writable_folder(Path(directory), "--wandb_dir")
         paths = trial_figures(folder, checkpoint=args.checkpoint)
-        log_figures(folder, paths, mode=args.wandb, directory=args.wandb_dir or folder.resolve().parent)
+        log_figures(folder, paths, mode=args.wandb, directory=directory)
         for path in paths.values():
             print(f"wrote {path}")
 

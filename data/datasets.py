@@ -29,6 +29,7 @@ from data import mtan, nyud, preflight
 from data.cache import CACHE_BUDGET_BYTES, DenseDataset
 from utils.config import ExperimentConfig, SyntheticConfig
 from utils.errors import ConfigError, DataError
+from utils.io import folder_problem
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ def _check_tasks(layout: ModuleType, tasks: Sequence[str], root: Path) -> None:
 def _describe_nyu(cfg: ExperimentConfig) -> DatasetInfo:
     root = cfg.data_dir
     if cfg.synthetic is not None and _find_layout(root) is None:
+        _check_synthetic(cfg.synthetic)
         _check_tasks(nyud, cfg.task_list, root)
         return DatasetInfo(nyud.NAME, nyud.NUM_CLASSES, root)  # what _ensure_synthetic will write
     layout = _nyu_layout(cfg)
@@ -197,7 +199,7 @@ def _describe_nyu(cfg: ExperimentConfig) -> DatasetInfo:
 def _build_nyu(cfg: ExperimentConfig) -> Splits:
     root = cfg.data_dir
     if cfg.synthetic is not None:
-        _ensure_synthetic(root, cfg.synthetic)
+        _ensure_synthetic(root, cfg.synthetic, key=f"data_dir_{cfg.dataset_name}")
     layout = _nyu_layout(cfg)
     keys = _split_keys(layout, root, meta=cfg.meta)
     source = layout.Source(root, cfg.task_list, num_classes=cfg.num_seg_classes)
@@ -230,34 +232,72 @@ def _split_keys(layout: ModuleType, root: Path, *, meta: bool) -> dict[str, list
     return {"train": train, "val": val, "test": found["val"]}
 
 
-def _ensure_synthetic(root: Path, spec: SyntheticConfig) -> None:
+def _check_synthetic(spec: SyntheticConfig) -> None:
+    """ConfigError naming the ``synthetic`` key the generator cannot use, before anything is written.
+
+    The set has no test split, so ``build`` holds out validation from train: train needs 2 images."""
+    from data.synthetic import check_settings
+
+    problem = check_settings(num_images=spec.num_images, height=spec.height, width=spec.width, seed=spec.seed, min_train=2)
+    if problem is not None:
+        raise ConfigError(f"config key 'synthetic.{problem[0]}': {problem[1]}")
+
+
+def _read_marker(marker: Path, wanted: dict) -> object:
+    """The settings a synthetic set was generated with; DataError naming the file if it is unreadable."""
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise DataError(
+            f"{marker}: unreadable ({reason}); expected the JSON settings of the synthetic set, like "
+            f"{json.dumps(wanted)} (delete the folder to regenerate it)"
+        ) from None
+
+
+def _ensure_synthetic(root: Path, spec: SyntheticConfig, *, key: str = "data_dir_NYU") -> None:
     """Generate the synthetic NYUD_MT set into `root` unless a dataset is there already.
 
     Generation goes to a temporary sibling folder renamed into place when complete, so an
-    interrupted run never leaves a half-written dataset and concurrent runs do not collide.
+    interrupted or failed run never leaves a half-written dataset (the temporary folder is
+    removed) and concurrent runs do not collide. Bad settings and paths fail before any write.
     """
     from data.synthetic import make_nyud  # not at the top: `python -m data.synthetic` warns if `data` imported it
 
     wanted = spec.model_dump()
     if _find_layout(root) is not None:
         marker = root / SYNTHETIC_MARKER
-        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) != wanted:
+        if marker.is_file() and _read_marker(marker, wanted) != wanted:
             log.warning("%s holds a synthetic set generated with other settings than %s; delete it to regenerate", root, wanted)
         return
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    _check_synthetic(spec)
+    problem = folder_problem(root)
+    if problem is not None:
+        raise DataError(f"config key '{key}': cannot generate the synthetic set into '{root}': {problem}; expected a folder path to create")
+    if root.exists() and any(root.iterdir()):
         raise DataError(f"{root}: exists but holds no NYU-v2 dataset; expected an empty or missing folder to generate the synthetic set into")
-    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"config key '{key}': cannot create '{root.parent}' ({error.strerror or error}); expected a writable folder") from None
     partial = root.parent / f".{root.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     log.info("generating a synthetic NYUD_MT dataset %s in %s", wanted, root)
-    make_nyud(partial, num_images=spec.num_images, height=spec.height, width=spec.width, seed=spec.seed)
-    (partial / SYNTHETIC_MARKER).write_text(json.dumps(wanted), encoding="utf-8")
+    try:
+        make_nyud(partial, num_images=spec.num_images, height=spec.height, width=spec.width, seed=spec.seed)
+        (partial / SYNTHETIC_MARKER).write_text(json.dumps(wanted), encoding="utf-8")
+    except BaseException:  # Ctrl-C, a full disk, a bug: no partial folder stays behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     try:
         partial.replace(root)
-    except OSError:
+    except OSError as error:
         shutil.rmtree(partial, ignore_errors=True)
         if _find_layout(root) is None:  # not a concurrent run that finished first
-            raise
+            raise DataError(
+                f"config key '{key}': cannot move the generated synthetic set into '{root}' ({error.strerror or error}); "
+                "expected an empty or missing folder"
+            ) from None
 
 
 _DATASETS: dict[str, _DatasetEntry] = {

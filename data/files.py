@@ -43,6 +43,8 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 _PNG_PALETTE = 3
 #: How far back a JPEG's EOI may sit before the end when only NUL padding follows it.
 _PADDING_WINDOW = 4096
+#: OpenCV's default ``CV_IO_MAX_IMAGE_PIXELS``: ``imdecode`` raises (not returns None) above it.
+_MAX_PIXELS = 1 << 30
 
 IMAGE_EXPECTED = "a complete 3-channel (RGB) JPEG or PNG image"
 LABEL_EXPECTED = "a complete single-channel (grayscale) PNG label map"
@@ -148,7 +150,18 @@ def _png_header(view: memoryview, path: Path | str, expected: str) -> ImageHeade
 
 
 def _decode(data: np.ndarray, header: ImageHeader, path: Path | str, flag: int, expected: str) -> np.ndarray:
-    image = cv2.imdecode(data, flag)
+    """Decode after the header check; a header declaring a giant image (a corrupt or hostile file)
+    is refused before OpenCV allocates for it, and any ``cv2.error`` is the file's BadFile too."""
+    if header.height * header.width > _MAX_PIXELS:
+        raise BadFile(
+            path, f"{header.format} header declares {header.width}x{header.height} pixels, "
+            f"more than the {_MAX_PIXELS} OpenCV decodes (corrupt)", expected,
+        )
+    try:
+        image = cv2.imdecode(data, flag)
+    except cv2.error as error:  # e.g. the limit lowered through OPENCV_IO_MAX_IMAGE_PIXELS
+        reason = getattr(error, "err", "") or str(error).strip().splitlines()[-1]
+        raise BadFile(path, f"{header.format} data does not decode ({reason})", expected) from None
     if image is None:
         raise BadFile(path, f"{header.format} data does not decode (corrupt)", expected)
     return image

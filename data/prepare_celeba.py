@@ -53,7 +53,7 @@ from data.celeba_format import (
 )
 from data.files import BadFile, read_color, read_gray
 from utils.errors import DataError
-from utils.io import write_bytes
+from utils.io import folder_problem, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def prepare(
     """Write the formatted copy of ``raw`` into ``out``; see the module docstring.
 
     Raises:
-        DataError: the raw layout is missing a folder or file, ``out`` is ``raw``, or no
-            image is usable.
+        DataError: the raw layout is missing a folder or file, ``out`` is ``raw`` or cannot be
+            a folder (a file, a read-only parent), or no image is usable.
         BadInputs: bad inputs were found and ``skip_bad`` is False. Images finished before
             that stay (they are complete); the split and attribute files are not written.
     """
@@ -185,6 +185,9 @@ def _check_layout(raw: Path, out: Path) -> None:
         raise DataError(f"'{raw}' is not a CelebAMask-HQ raw release: missing {', '.join(missing)}")
     if out.resolve() == raw.resolve():
         raise DataError(f"--out '{out}' is the raw folder; expected a separate folder for the formatted copy")
+    problem = folder_problem(out)
+    if problem is not None:
+        raise DataError(f"--out '{out}': {problem}; expected a folder for the formatted copy (or a path to create one)")
 
 
 def _scan(raw: Path, out: Path, size: int, attributes: AttributeTable) -> tuple[list[_Job], list[Problem]]:
@@ -327,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not 1 <= args.size <= MAX_SIZE:
         _parser().error(f"--size must be 1 to {MAX_SIZE} (the release's images are {MAX_SIZE}x{MAX_SIZE}), got {args.size}")
+    if args.seed < 0:  # numpy's generators take non-negative seeds only
+        _parser().error(f"--seed must be a non-negative integer, got {args.seed}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = prepare(args.raw, args.out, size=args.size, workers=args.workers, skip_bad=args.skip_bad, seed=args.seed)

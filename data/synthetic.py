@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.io import folder_problem
+
 log = logging.getLogger(__name__)
 
 VOID = -1
@@ -414,20 +416,69 @@ def _scenes(num_images: int, height: int, width: int, seed: int, roles: ClassRol
         yield index, render_scene(np.random.default_rng([seed, index]), height=height, width=width, roles=roles)
 
 
-def _split_sizes(num_images: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(f"fractions must be in [0, 1) and sum below 1, got val {val_fraction}, test {test_fraction}")
+#: The largest image side generated, as for the config's ``synthetic`` block (``utils.config.Side``).
+MAX_SIDE = 8192
+
+
+def _split_counts(num_images: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     num_val = max(1, round(num_images * val_fraction))
     num_test = max(1, round(num_images * test_fraction)) if test_fraction > 0 else 0
-    num_train = num_images - num_val - num_test
-    if num_train < 1:
-        raise ValueError(f"num_images {num_images} is too few for a train, val and test split")
-    return num_train, num_val, num_test
+    return num_images - num_val - num_test, num_val, num_test
+
+
+def _fraction_problem(val_fraction: float, test_fraction: float) -> tuple[str, str] | None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            return name, f"{value} is out of range; expected a fraction in [0, 1)"
+    if val_fraction + test_fraction >= 1:
+        return "test_fraction", f"{test_fraction} leaves no train images (val fraction {val_fraction}); expected a sum below 1"
+    return None
+
+
+def min_images(*, val_fraction: float = 0.2, test_fraction: float = 0.0, min_train: int = 1) -> int:
+    """The fewest images whose split has ``min_train`` train images and one of val (and of test)."""
+    problem = _fraction_problem(val_fraction, test_fraction)
+    if problem is not None:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
+    num_images = min_train + 1
+    while _split_counts(num_images, val_fraction, test_fraction)[0] < min_train:
+        num_images += 1
+    return num_images
+
+
+def check_settings(
+    *, num_images: int, height: int, width: int, seed: int,
+    val_fraction: float = 0.2, test_fraction: float = 0.0, min_train: int = 1,
+) -> tuple[str, str] | None:
+    """The first setting the generator cannot use, as ``(name, "<value> ...; expected ...")``, or None.
+
+    Asked before anything is written, so bad settings leave no folder behind; the command line
+    and the config's ``synthetic`` block name the setting their own way (flag, config key)."""
+    problem = _fraction_problem(val_fraction, test_fraction)
+    if problem is not None:
+        return problem
+    fewest = min_images(val_fraction=val_fraction, test_fraction=test_fraction, min_train=min_train)
+    if num_images < fewest:
+        test = ", 1 test" if test_fraction > 0 else ""
+        return "num_images", f"{num_images} is too few; expected at least {fewest} ({min_train} train, 1 val{test})"
+    for name, side in (("height", height), ("width", width)):
+        if not 1 <= side <= MAX_SIDE:
+            return name, f"{side} is out of range; expected 1 to {MAX_SIDE} pixels"
+    if seed < 0:
+        return "seed", f"{seed} is negative; expected a non-negative integer (numpy seeds)"
+    return None
+
+
+def _check(**settings: int | float) -> None:
+    """ValueError naming the first unusable setting (the library's callers pass their arguments)."""
+    problem = check_settings(**settings)
+    if problem is not None:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
 
 
 def _split_names(num_images: int, val_fraction: float, test_fraction: float) -> list[str]:
     """The split of each image, in order: train first, then val, then test."""
-    num_train, num_val, num_test = _split_sizes(num_images, val_fraction, test_fraction)
+    num_train, num_val, num_test = _split_counts(num_images, val_fraction, test_fraction)
     return ["train"] * num_train + ["val"] * num_val + ["test"] * num_test
 
 
@@ -448,10 +499,11 @@ def make_nyud(
     normals/<id>.npy, edge/<id>.npy and gt_sets/{train,val}.txt (test.txt when
     `test_fraction` > 0), like the study's release of NYU-v2.
     """
+    _check(num_images=num_images, height=height, width=width, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     root, roles = Path(root), class_roles(num_classes)
+    splits = _split_names(num_images, val_fraction, test_fraction)
     for folder in ("images", "segmentation", "depth", "normals", "edge", "gt_sets"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    splits = _split_names(num_images, val_fraction, test_fraction)
     ids: dict[str, list[str]] = {name: [] for name in dict.fromkeys(splits)}
     for index, scene in _scenes(num_images, height, width, seed, roles):
         sample_id = f"{index:04d}"
@@ -483,6 +535,7 @@ def make_mtan(
     Layout: {train,val[,test]}/{image,label,depth,normal}/<i>.npy with i = 0..n-1 per split;
     image float32 H x W x 3 in [0, 1], label float32 (-1 = ignore), depth H x W x 1.
     """
+    _check(num_images=num_images, height=height, width=width, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     root, roles = Path(root), class_roles(num_classes)
     splits = _split_names(num_images, val_fraction, test_fraction)
     counts = dict.fromkeys(splits, 0)
@@ -514,6 +567,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.0, help="also write a test split")
     args = parser.parse_args(argv)
+    problem = check_settings(
+        num_images=args.num_images, height=args.height, width=args.width, seed=args.seed, test_fraction=args.test_fraction,
+    )
+    if problem is not None:  # argparse's exit code 2 and one line, before anything is written
+        parser.error(f"--{problem[0].replace('_', '-')} {problem[1]}")
+    problem = folder_problem(args.out)
+    if problem is not None:
+        parser.error(f"--out '{args.out}': {problem}; expected a folder to write the dataset into")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _MAKERS[args.layout](
         args.out, num_images=args.num_images, height=args.height, width=args.width,

@@ -105,6 +105,9 @@ def open_folder(folder: Path, cfg: ExperimentConfig, *, resume: bool) -> None:
         write_text(folder / CONFIG_FILE, config.dump(cfg))
     except PermissionError as error:
         raise DataError(f"trial folder '{folder}' is not writable ({error.strerror}); check checkpoint_folder") from None
+    except OSError as error:  # e.g. a folder where one of its files belongs
+        raise DataError(f"trial folder '{folder}': cannot prepare '{error.filename}' ({error.strerror}); "
+                        "expected the files a trial writes (delete the folder to train anew)") from None
 
 
 def mark_failed(folder: Path, reason: str) -> None:
@@ -116,7 +119,23 @@ def mark_failed(folder: Path, reason: str) -> None:
 def failure(folder: Path) -> str | None:
     """Why the trial in ``folder`` failed, or None."""
     path = folder / FAILURE_FILE
-    return str(read_json(path).get("reason", "failed")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict):
+        raise DataError(f"'{path}' holds a {type(record).__name__}; expected the record of a failed trial, "
+                        "{\"status\": \"failed\", \"reason\": ...} (delete it to train the trial again)")
+    return str(record.get("reason", "failed"))
+
+
+def read_result(folder: Path) -> dict[str, Any]:
+    """A finished trial's ``test_dict.json``, checked to be what :func:`engine.trials.run_trial` writes."""
+    path = folder / TEST_FILE
+    result = read_json(path)
+    if not isinstance(result, dict) or not isinstance(result.get("tasks"), dict):
+        raise DataError(f"'{path}' is not a trial's test results (expected a mapping with 'tasks'); "
+                        "delete it to test the trial again")
+    return result
 
 
 # ----------------------------------------------------------------------------- last.pt
@@ -134,6 +153,12 @@ def load_last(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any
     missing = [part for part in LAST_PARTS if part not in state]
     if missing:
         raise DataError(f"'{folder / LAST_CHECKPOINT}' lacks {missing}; it was written by another version (delete it to train anew)")
+    wrong = [part for part in ("model", "optimizer", "scheduler", "weighting", "stopping", "sparsity", "history")
+             if not isinstance(state[part], dict)]
+    wrong += [] if isinstance(state["rng"], dict | list) else ["rng"]  # a list: one state per rank (torchrun)
+    if wrong or not isinstance(state["epoch"], int):
+        raise DataError(f"'{folder / LAST_CHECKPOINT}': {wrong or ['epoch']} are not what a trial saves; "
+                        "delete it to train anew")
     return state
 
 

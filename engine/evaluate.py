@@ -28,7 +28,7 @@ from models.compact import compact
 from models.multitask import MultiTaskModel
 from optim import sparsity
 from utils import report
-from utils.config import ExperimentConfig
+from utils.config import ExperimentConfig, writable_folder
 from utils.errors import DataError
 
 log = logging.getLogger("gsmtl")
@@ -132,21 +132,27 @@ def evaluate_experiment(
     ``delta_m`` and ``delta_m_<task>`` (REFERENCE §6); ``columns="study"`` also writes
     ``<name>_study.csv`` in the study's columns, units and order (REFERENCE §10).
     """
-    folders = artifacts.find_trials(exp_name, runs_dirs=runs_dirs, num_trials=num_trials)
+    # Everything a user can get wrong is checked before the first trial is tested (minutes, on real data).
+    writable_folder(Path(out_dir), "--out_dir")
+    try:
+        folders = artifacts.find_trials(exp_name, runs_dirs=runs_dirs, num_trials=num_trials)
+    except PermissionError as error:
+        raise DataError(f"runs folder '{error.filename}' cannot be read; expected a folder holding the trial folders "
+                        "(fix its permissions or pass another --runs_dir)") from None
+    configs = {index: resolve(artifacts.load_trial_config(folder, data_dir=data_dir, device=device))
+               for index, folder in folders.items()}
+    first = next(iter(configs.values()))
+    reference, directions = _baseline(baselines, first.task_list)
     built: dict[tuple, data.Splits] = {}  # trials of one experiment share their data: decode it once
-    rows, configs = [], []
+    rows = []
     for index, folder in folders.items():
-        cfg = resolve(artifacts.load_trial_config(folder, data_dir=data_dir, device=device))
-        configs.append(cfg)
+        cfg = configs[index]
         key = data.data_key(cfg)
         if key not in built:
             built[key] = _load_splits(cfg, moved_hint=data_dir is None)
         log.info("evaluating %s on the %s split", folder, split)
         rows.append(report.trial_row(evaluate_trial(folder, cfg, built[key], split=split, per_task=per_task), trial=index))
-    first = configs[0]
-    if baselines:
-        reference = report.read_baseline(baselines, tasks=first.task_list)
-        directions = task_registry.directions(first.task_list)
+    if reference:
         rows = [{**row, **report.delta_m(row, reference, directions)} for row in rows]
     name = Path(exp_name).name + ("" if split == "test" else f"_{split}")
     if name == first.Experiment_name:
@@ -156,6 +162,20 @@ def evaluate_experiment(
     if columns == "study":
         study_path = report.write_study_table(rows, out_dir=out_dir, name=name, tasks=first.task_list, dataset=first.dataset_name)
     return Evaluation(name=name, rows=rows, summary_path=summary_path, trials_path=trials_path, study_path=study_path)
+
+
+def _baseline(paths: Sequence[str | Path], task_list: Sequence[str]) -> tuple[dict[str, float], dict[str, dict[str, bool]]]:
+    """The baselines' means and the tasks' metric directions, read and checked before any trial is tested.
+
+    A row holding every baseline column goes through :func:`utils.report.delta_m` once, so a
+    task without baseline columns or a zero baseline fails now, with the message Δm gives later.
+    """
+    if not paths:
+        return {}, {}
+    reference = report.read_baseline(paths, tasks=task_list)
+    directions = task_registry.directions(task_list)
+    report.delta_m(dict.fromkeys(reference, 1.0), reference, directions)
+    return reference, directions
 
 
 def _load_splits(cfg: ExperimentConfig, *, moved_hint: bool) -> data.Splits:

@@ -31,8 +31,8 @@ from engine import artifacts, measure
 from engine.trial import build_trial
 from models.compact import compact, save
 from utils.cli import main_guard
-from utils.config import ExperimentConfig
-from utils.errors import DataError
+from utils.config import ExperimentConfig, writable_folder
+from utils.errors import ConfigError, DataError
 from utils.io import write_bytes
 
 #: Largest accepted output difference, relative to the largest output of the task.
@@ -120,8 +120,21 @@ def _table(rows: list[list[str]]) -> str:
                      for row in rows)
 
 
+def _writable_file(path: Path, flag: str) -> None:
+    """Refuse, before the measuring, an output path that is a folder or whose folder cannot be made or written."""
+    writable_folder(path.parent, flag)
+    if path.is_dir():
+        raise ConfigError(f"{flag} '{path}' is a folder; expected a file name to write into")
+
+
 def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None) -> int:
     """Compact, compare, print, then write; 1 (nothing written) when an output differs by more than ``TOLERANCE``."""
+    out = out if out is not None else folder / f"compact_{checkpoint}"
+    # The output paths are checked before the minutes of measuring and exporting, not when writing.
+    if folder.is_dir():  # a missing folder is load_trial_model's error, which names the command that writes one
+        _writable_file(out, "--out")
+    if onnx_path is not None:
+        _writable_file(onnx_path, "--onnx")
     cfg, model = load_trial_model(folder, checkpoint)
     small = compact(model)
     device, size, batch = torch.device("cpu"), cfg.image_size, cfg.test_batch_size
@@ -157,7 +170,6 @@ def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None)
     if worst > TOLERANCE:
         print(f"error: outputs differ by {worst:.2e} > {TOLERANCE:g} of their largest value; nothing written", file=sys.stderr)
         return 1
-    out = out if out is not None else folder / f"compact_{checkpoint}"
     save(small, out)
     if data is not None:
         write_bytes(onnx_path, data)

@@ -25,9 +25,6 @@ from engine.runtime import autocast, read_scalars, to_device
 from tasks.base import Task
 from utils.errors import NumericalFault
 
-#: Name of the fault flag that watches the gradient of the total loss.
-GRADIENT = "gradient"
-
 
 @dataclass(frozen=True)
 class StepOptions:
@@ -78,23 +75,34 @@ def _set_global_rng(state: Mapping[str, Any]) -> None:
 
 
 class _Faults:
-    """Per-task (and gradient) non-finite flags and the first step each was raised, kept on the device."""
+    """The first step at which each finiteness check failed (-1: never), kept on the device.
 
-    def __init__(self, names: Sequence[str], device: torch.device) -> None:
-        self.names = list(names)
-        self.first = torch.full((len(self.names),), -1, dtype=torch.long, device=device)
+    Checked per step: each task's target (float targets), the images, each task's loss, the
+    gradient norm. A NaN pixel under a loss's validity mask leaves the loss finite and poisons
+    only the gradient, so the data checks are what name the task then; at one step a cause
+    (target, images) is reported before its effects (loss, gradient).
+    """
 
-    def record(self, values: Sequence[Tensor], step: int) -> None:
-        bad = ~torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values]))
+    def __init__(self, tasks: Sequence[str], device: torch.device) -> None:
+        self.checks = [*(f"values in the target of task {t}" for t in tasks), "values in the input images",
+                       *(f"loss of task {t}" for t in tasks), "gradient of the total loss"]
+        self.first = torch.full((len(self.checks),), -1, dtype=torch.long, device=device)
+
+    def record(self, targets: Sequence[Tensor], images: Tensor, losses: Sequence[Tensor], grad_norm: Tensor, step: int) -> None:
+        finite = [t.isfinite().all() if t.is_floating_point() else torch.ones((), dtype=torch.bool, device=t.device)
+                  for t in targets]
+        finite += [images.isfinite().all(), *(loss.detach().isfinite().reshape(()) for loss in losses),
+                   grad_norm.isfinite().reshape(())]
+        bad = ~torch.stack(finite)
         self.first = torch.where(bad & (self.first < 0), step, self.first)
 
-    def raise_if_any(self, first: Sequence[int], where: str) -> None:
-        """Raise NumericalFault naming the earliest bad task and step (``first`` read from :attr:`first`)."""
-        raised = [(step, name) for step, name in zip(first, self.names) if step >= 0]
+    def raise_if_any(self, first: Sequence[float], where: str) -> None:
+        """Raise NumericalFault naming the earliest failed check and its step (``first`` read from :attr:`first`)."""
+        raised = [(step, order) for order, step in enumerate(first) if step >= 0]
         if raised:
-            step, name = min(raised)
-            what = "gradient of the total loss" if name == GRADIENT else f"loss of task {name}"
-            raise NumericalFault(f"{where}, step {int(step)}: non-finite {what} (the run diverged or the data holds NaN/Inf)")
+            step, order = min(raised)
+            raise NumericalFault(f"{where}, step {int(step)}: non-finite {self.checks[order]} "
+                                 "(the run diverged or the data holds NaN/Inf)")
 
 
 def train_one_epoch(
@@ -133,7 +141,7 @@ def train_one_epoch(
             if name in sums:
                 sums[name] += value
         count, first_step = resume.count, resume.steps
-    faults = _Faults([*active, GRADIENT], device)
+    faults = _Faults(active, device)
     total_steps = len(loader) if options.max_batches is None else min(options.max_batches, len(loader))
     batches = islice(loader, total_steps)
     for _ in islice(batches, first_step):  # the steps done before the stop: same batches, skipped
@@ -154,7 +162,7 @@ def train_one_epoch(
         total.backward()
         distributed.average_gradients(shared, context)
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        faults.record([*losses.values(), grad_norm], step)
+        faults.record([targets[name] for name in active], images, list(losses.values()), grad_norm, step)
         optimizer.step()
         if after_step is not None:
             after_step()

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.runtime import autocast
@@ -70,6 +69,8 @@ def median_seconds(
     replaces the wall clock (``time.process_time`` counts only this process's CPU time:
     single-threaded runs on a shared machine).
     """
+    from torch.utils.benchmark import Timer  # on use: importing it logs a CUDA-toolkit warning on machines without one
+
     run()
     timer = Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads(),
                   **({} if clock is None else {"timer": clock}))

@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         from utils.signals import EXIT_CODES, StopOnSignal
 
         study = load(args.config, args.overrides)
-        config.check_paths(study.base)
+        config.check_paths(study.base, out_dir=study.out_dir)
         from engine.trainer import Interrupted  # heavy imports only once the study is known to be valid
         from utils import study_report
 

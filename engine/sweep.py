@@ -57,8 +57,6 @@ def sweep_configs(cfg: ExperimentConfig, lambdas: Sequence[float] | None = None)
     lambdas = list(lambdas if lambdas is not None else cfg.lambda_sweep or [])
     if not lambdas:
         raise ConfigError("config key 'lambda_sweep': expected a non-empty list of λ values")
-    if cfg.lambda_list:
-        raise ConfigError("config keys 'lambda_sweep' and 'lambda_list': a λ schedule would override the swept λ; set one of them")
     configs = {}
     for lam in dict.fromkeys(float(value) for value in lambdas):
         raw = config.to_dict(cfg)
@@ -74,6 +72,9 @@ def sweep_table(results: Mapping[float, Sequence[Mapping[str, Any]]], key: str =
     rows = []
     for lam, trial_rows in results.items():
         numbers = report.finished(trial_rows)
+        if numbers.empty:  # every trial of this level failed (a λ too large diverges): a row that says so
+            rows.append({key: lam, "trials": 0})
+            continue
         ordered = [c for c in report.SPARSITY_COLUMNS if c in numbers] + [c for c in numbers if c not in report.SPARSITY_COLUMNS]
         stats = numbers[ordered].agg(["mean", lambda column: column.std(ddof=0)])
         row: dict[str, float] = {key: lam, "trials": len(numbers)}
@@ -90,8 +91,8 @@ def validation_means(configs: Mapping[float, ExperimentConfig]) -> dict[float, d
     for lam, cfg in configs.items():
         rows = []
         for index in range(cfg.num_trials):
-            path = artifacts.trial_folder(cfg, index) / artifacts.TEST_FILE
-            if path.is_file() and "val" in (result := io.read_json(path)):
+            folder = artifacts.trial_folder(cfg, index)
+            if (folder / artifacts.TEST_FILE).is_file() and "val" in (result := artifacts.read_result(folder)):
                 rows.append({f"{task}_{key}": value for task, metrics in result["val"].items() for key, value in metrics.items()})
         if rows:
             means[lam] = pd.DataFrame(rows).mean().to_dict()

@@ -24,7 +24,7 @@ from engine.trial import Trial, build_trial, resolve
 from optim import sparsity
 from utils import config, io, report
 from utils.config import ExperimentConfig
-from utils.errors import ConfigError, NumericalFault
+from utils.errors import NumericalFault
 from utils.logging import RunLogger
 
 log = logging.getLogger("gsmtl")
@@ -41,8 +41,8 @@ def run(
     ``splits`` lets callers that run several experiments on the same data (λ sweeps) decode it
     once. Under torchrun (``context``) every rank trains each trial and rank 0 alone writes.
     """
-    if trial is not None and not 0 <= trial < cfg.num_trials:
-        raise ConfigError(f"--trial {trial}: expected 0 <= trial < num_trials = {cfg.num_trials}")
+    if trial is not None:
+        config.check_trial(cfg, trial)
     cfg = resolve(cfg)
     device = resolve_device(cfg)
     splits = data.build(cfg) if splits is None else splits
@@ -71,7 +71,7 @@ def run_trial(
     finished, resume = distributed.broadcast((artifacts.is_finished(folder, cfg), artifacts.can_resume(folder, cfg)), context)
     if finished:
         log.info("trial %d already finished in %s; remove the folder to train it again", index, folder)
-        return io.read_json(folder / artifacts.TEST_FILE)
+        return artifacts.read_result(folder)
     if cfg.checkpoint and not resume and (folder / artifacts.LAST_CHECKPOINT).is_file():
         log.warning("trial folder %s holds a run of another config; training trial %d from scratch", folder, index)
     if context.is_main:
@@ -122,7 +122,7 @@ def write_report(cfg: ExperimentConfig, out_dir: str | Path = "out_csv") -> list
     for index in range(cfg.num_trials):
         folder = artifacts.trial_folder(cfg, index)
         if (folder / artifacts.TEST_FILE).is_file():
-            rows.append(report.trial_row(io.read_json(folder / artifacts.TEST_FILE), trial=index))
+            rows.append(report.trial_row(artifacts.read_result(folder), trial=index))
         elif (reason := artifacts.failure(folder)) is not None:
             rows.append({"trial": index, "status": "failed", "reason": reason})
     finished = [row for row in rows if row.get("status", "finished") == "finished"]

@@ -1,5 +1,6 @@
 """Broken configs exit with code 2 and one line naming the problem, fast and without traceback."""
 
+import os
 import subprocess
 import sys
 import time
@@ -41,13 +42,29 @@ def test_missing_config_file_exits_2() -> None:
     assert result.returncode == 2 and "config/nope.yaml" in result.stderr
 
 
-def test_checkpoint_folder_that_is_a_file_exits_2_before_training(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("key", "what"), [
+    ("checkpoint_folder", "config key 'checkpoint_folder'"),
+    ("wandb.dir", "config key 'wandb.dir'"),
+    ("data_dir_NYU", "config key 'data_dir_NYU' (generated)"),
+])
+def test_an_output_folder_under_a_file_exits_2_before_training(tmp_path: Path, key: str, what: str) -> None:
     blocker = tmp_path / "runs"
     blocker.write_text("not a folder")
-    result = run_cli("--config_exp", "config/demo_synthetic.yaml", "--set", f"checkpoint_folder={blocker}/nested")
+    result = run_cli("--config_exp", "config/demo_synthetic.yaml", "--set", f"{key}={blocker}/nested")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: config key 'checkpoint_folder': '{blocker}' is a file; expected a folder for the trial folders")
+        f"error: {what}: '{blocker}/nested' cannot be written: its parent '{blocker}' exists and is not a folder; "
+        "expected a folder to write into")
+
+
+def test_a_tables_folder_that_is_a_file_exits_2_before_training(tmp_path: Path) -> None:
+    (tmp_path / "out_csv").write_text("not a folder")
+    config = REPO / "config" / "demo_synthetic.yaml"
+    result = subprocess.run([sys.executable, str(REPO / "main_multi_trials.py"), "--config_exp", str(config)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode == 2 and not (tmp_path / "runs").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the tables' folder: 'out_csv' cannot be written: it exists and is not a folder; expected a folder to write into")
 
 
 def test_validating_a_config_imports_neither_torch_nor_torchvision() -> None:
@@ -61,3 +78,13 @@ def test_validating_a_config_imports_neither_torch_nor_torchvision() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_gridsearch_with_malformed_optimizer_params_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text("Experiment_name: a\ntask_list: [depth_euclidean]\nbb_optimizer_params: 5\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "main_gridsearch.py", "--config_exp", str(path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}: key 'bb_optimizer_params': Input should be a valid dictionary or instance of OptimizerParams (got 5)"]

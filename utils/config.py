@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
 
 from data.celeba_format import CELEBA_ATTRIBUTES, CELEBA_TASK_ALIASES, celeba_attribute
-from utils import yaml_io
+from utils import io, yaml_io
 from utils.errors import ConfigError
 
 log = logging.getLogger("gsmtl")
@@ -37,6 +37,8 @@ PosFloat = Annotated[float, Strict(), Field(gt=0)]
 NonNegFloat = Annotated[float, Strict(), Field(ge=0)]
 #: An image side in pixels: 8 K is far beyond any dataset here, and a typo (256000) would exhaust memory.
 Side = Annotated[int, Strict(), Field(gt=0, le=8192)]
+#: A seed every generator takes (numpy's and torch's: non-negative, 64-bit).
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**63)]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 BackboneName = Literal[
     "resnetd18", "resnetd34", "resnetd50", "resnetd101",
@@ -120,7 +122,7 @@ class SyntheticConfig(_Section):
     num_images: PosInt = 600
     height: Side = 96
     width: Side = 128
-    seed: Int = 0
+    seed: Seed = 0
 
 
 #: Keys the study's scripts write into the saved ``config_file.yaml`` that change nothing here:
@@ -153,7 +155,7 @@ class ExperimentConfig(_Section):
     num_trials: Int = 1
     wandb_img_log: Bool = False
     comb_loss: Literal["uncertainity", "sum", "wt_sum"] = "uncertainity"
-    train_batch_size: PosInt = 16
+    train_batch_size: Annotated[int, Strict(), Field(ge=2)] = 16  # BatchNorm trains on batch statistics
     val_batch_size: PosInt = 8
     test_batch_size: PosInt = 8
     input_shape: Side | tuple[Side, Side] = 256
@@ -186,7 +188,7 @@ class ExperimentConfig(_Section):
     penalty_in_loss: Bool = False
 
     # Keys this project adds.
-    seed: Int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     wandb: WandbConfig = WandbConfig()
     augmentation: Bool = False
@@ -243,8 +245,8 @@ class ExperimentConfig(_Section):
     @field_validator("Experiment_name")
     @classmethod
     def _folder_safe(cls, value: str) -> str:
-        if not value or not re.fullmatch(r"[A-Za-z0-9._+=-]+", value):
-            raise ValueError(f"must be a non-empty folder name of letters, digits and ._+=-, got {value!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,199}", value):
+            raise ValueError(f"must be a folder name of 1 to 200 letters, digits and ._+=-, not starting with '.', got {value!r}")
         return value
 
     @field_validator("num_trials")
@@ -277,6 +279,11 @@ class ExperimentConfig(_Section):
             raise ValueError("target_group_sparsity / sparsity_sweep: a sparsity target needs group_sparsity: true")
         if self.lambda_sweep and self.sparsity_sweep:
             raise ValueError("lambda_sweep and sparsity_sweep: sweep λ or the sparsity target, not both")
+        if self.lambda_sweep and self.lambda_list:
+            raise ValueError("lambda_sweep and lambda_list: a λ schedule would override the swept λ; set one of them")
+        if self.lambda_sweep and any(lam > 0 for lam in self.lambda_sweep) and self.bb_optimizer_params.penalty is None:
+            raise ValueError("lambda_sweep: a λ > 0 trains with group sparsity, which needs bb_optimizer_params.penalty "
+                             "'l1_l2' or 'group_mcp', got None")
         if self.finetune_epochs and not self.group_sparsity:
             raise ValueError("finetune_epochs: fine-tuning holds zero groups at zero; it needs group_sparsity: true")
         if self.target_epoch is not None and self.target_epoch > self.epochs:
@@ -372,19 +379,34 @@ def _check_task(task: str, dataset: str) -> None:
         )
 
 
-def check_paths(cfg: ExperimentConfig) -> None:
+def check_paths(cfg: ExperimentConfig, *, out_dir: str | Path = "out_csv") -> None:
     """Fail in a second, before torch loads, when the dataset folder is missing and nothing generates it,
-    or when the trial folders cannot be written (``checkpoint_folder`` is a file, or read-only)."""
+    or when a folder the run writes cannot be written: the trial folders (``checkpoint_folder``), the
+    tables (``out_dir``), the wandb runs (``wandb.dir``, unless disabled) and a generated dataset."""
     if cfg.synthetic is None and not cfg.data_dir.is_dir():
         raise ConfigError(
             f"config key 'data_dir_{cfg.dataset_name}': folder '{cfg.data_dir}' not found; expected the dataset folder"
         )
-    runs = Path(cfg.checkpoint_folder)
-    existing = next(folder for folder in (runs, *runs.parents) if folder.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"config key 'checkpoint_folder': '{existing}' is a file; expected a folder for the trial folders")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"config key 'checkpoint_folder': '{existing}' is not writable; expected a folder the trials can be written to")
+    folders = {"config key 'checkpoint_folder'": cfg.checkpoint_folder, "the tables' folder": out_dir}
+    if (os.environ.get("WANDB_MODE") or cfg.wandb.mode) != "disabled":
+        folders["config key 'wandb.dir'"] = cfg.wandb.dir
+    if cfg.synthetic is not None and not cfg.data_dir.is_dir():
+        folders[f"config key 'data_dir_{cfg.dataset_name}' (generated)"] = cfg.data_dir
+    for what, folder in folders.items():
+        writable_folder(Path(folder).expanduser(), what)
+
+
+def check_trial(cfg: ExperimentConfig, trial: int) -> None:
+    """``--trial N`` names one of the experiment's trials."""
+    if not 0 <= trial < cfg.num_trials:
+        raise ConfigError(f"--trial {trial}: expected 0 <= trial < num_trials = {cfg.num_trials}")
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Raise ConfigError unless ``folder`` is, or can be created as, a folder this process can write."""
+    problem = io.folder_problem(folder)
+    if problem is not None:
+        raise ConfigError(f"{what}: '{folder}' cannot be written: {problem}; expected a folder to write into")
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:

@@ -82,3 +82,17 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def folder_problem(path: Path | str) -> str | None:
+    """Why ``path`` cannot become a folder to write into (it or a parent is not a folder, or the
+    folder to write into is read-only); None if it can. Asked before anything is written, so a
+    wrong output path is one line and leaves nothing behind; callers add the flag or key."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        which = "it" if folder == path else f"its parent '{folder}'"
+        if folder.is_dir():
+            return None if os.access(folder, os.W_OK | os.X_OK) else f"{which} is not writable"
+        if folder.exists() or folder.is_symlink():
+            return f"{which} exists and is not a folder"
+    return None

@@ -69,6 +69,8 @@ def finished(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def mean_pm_std(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row of ``"mean ± std"`` strings (population std over the finished trials) and ``n_trials``."""
     numbers = finished(rows)
+    if numbers.empty:  # every trial failed: the table says so
+        return pd.DataFrame([{"n_trials": 0}])
     stats = numbers.agg(["mean", lambda column: column.std(ddof=0)])
     cells = {column: f"{stats.at['mean', column]:.4f} ± {stats.iloc[1][column]:.4f}" for column in numbers.columns}
     return pd.DataFrame([{**cells, "n_trials": len(numbers)}])

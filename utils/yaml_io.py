@@ -130,6 +130,8 @@ def parse(text: str, *, source: str) -> Any:
     """Parse YAML text, or raise ConfigError naming the source and the line."""
     try:
         return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read; expected a config of a few levels") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

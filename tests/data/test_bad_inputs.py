@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import re
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +181,44 @@ def labels_truncated(root: Path) -> Path:
     return truncate(nyud_file(root, "segmentation", sampled(root, "val")))
 
 
+HUGE = 60_000  # a 60000 x 60000 header: 3.6e9 pixels, above OpenCV's decoding limit (2**30)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def huge_png(path: Path) -> Path:
+    """A structurally complete grayscale PNG (valid CRCs) whose IHDR claims HUGE x HUGE pixels."""
+    header = struct.pack(">IIBBBBB", HUGE, HUGE, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+                     + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b""))
+    return path
+
+
+def huge_jpeg(path: Path) -> Path:
+    """The JPEG with its frame header (SOF0) rewritten to claim HUGE x HUGE pixels."""
+    data_bytes = bytearray(path.read_bytes())
+    index = 2
+    while data_bytes[index + 1] not in (0xC0, 0xC1, 0xC2):
+        index += 2 + (data_bytes[index + 2] << 8 | data_bytes[index + 3])
+    data_bytes[index + 5:index + 9] = struct.pack(">HH", HUGE, HUGE)
+    path.write_bytes(bytes(data_bytes))
+    return path
+
+
+def labels_huge_header(root: Path) -> Path:
+    return huge_png(nyud_file(root, "segmentation", sampled(root)))
+
+
+def image_huge_header(root: Path) -> Path:
+    return huge_jpeg(nyud_file(root, "images", sampled(root)))
+
+
+def image_huge_header_unsampled(root: Path) -> Path:
+    return huge_jpeg(nyud_file(root, "images", unsampled(root)))
+
+
 def labels_out_of_range(root: Path) -> Path:
     path = nyud_file(root, "segmentation", sampled(root))
     labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -336,6 +377,9 @@ CASES = {
     "image not an image": Case("nyud", image_not_an_image, "not a JPEG or PNG file"),
     "labels RGB": Case("nyud", labels_rgb, "3-channel PNG; expected a complete single-channel"),
     "labels truncated": Case("nyud", labels_truncated, "truncated PNG"),
+    "labels header huge": Case("nyud", labels_huge_header, r"PNG header declares 60000x60000 pixels.*; expected a complete single"),
+    "image header huge": Case("nyud", image_huge_header, r"JPEG header declares 60000x60000 pixels.*; expected a complete 3-channel"),
+    "image header huge, not sampled": Case("nyud", image_huge_header_unsampled, "JPEG header declares 60000x60000", stage=DEC),
     "label out of range": Case("nyud", labels_out_of_range, r"label 41 found; expected values 0 \(void\) \.\. 40"),
     "depth shape": Case("nyud", depth_wrong_shape, r"array of shape \(22, 32\); expected \(24, 32\)"),
     "normals channels first": Case("nyud", normals_wrong_layout, r"shape \(3, 24, 32\); expected \(24, 32, 3\)"),
@@ -460,6 +504,30 @@ def test_skip_bad_samples_skips_and_counts(nyud_root: Path, tmp_path: Path, make
     assert "truncated JPEG" in splits.train.skipped[truncated]
     sample = splits.train[0]
     assert sample["image"].isfinite().all() and len(splits.train) == len(keys["train"]) - 2
+
+
+def test_skip_bad_samples_skips_a_file_whose_header_claims_a_giant_image(nyud_root: Path, tmp_path: Path, make_cfg) -> None:
+    """OpenCV raises (not returns None) above its pixel limit: still the file's one line, skipped like any bad file."""
+    root = Path(shutil.copytree(nyud_root, tmp_path / "data"))
+    keys = nyud_keys(root)
+    labels, image = labels_huge_header(root), image_huge_header_unsampled(root)
+    with pytest.raises(DataError, match=re.escape(str(labels))):
+        data.build(make_cfg(root))
+    splits = data.build(make_cfg(root, skip_bad_samples=True))
+    assert set(splits.train.skipped) == {labels.stem, image.stem}
+    assert all("header declares 60000x60000 pixels" in problem for problem in splits.train.skipped.values())
+    assert len(splits.train) == len(keys["train"]) - 2
+
+
+def test_opencv_decode_errors_are_the_files_error(tmp_path: Path) -> None:
+    """A cv2.error from imdecode (here its pixel limit lowered for the process) names the file."""
+    path = tmp_path / "small.png"
+    cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+    script = f"from data.files import read_color\nread_color({str(path)!r})"
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "10"}, check=False)
+    assert "BadFile: " + str(path) + ": PNG data does not decode (" in result.stderr, result.stderr
+    assert "cv2.error" not in result.stderr, result.stderr
 
 
 def test_skip_bad_samples_still_fails_when_a_split_is_all_bad(nyud_root: Path, tmp_path: Path, make_cfg) -> None:

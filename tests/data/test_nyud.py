@@ -18,7 +18,7 @@ from data.cache import DenseDataset
 from data.datasets import SYNTHETIC_MARKER, holdout
 from data.nyud import Source
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 TASKS = ["segmentsemantic", "depth_euclidean", "surface_normal", "edge_texture"]
 
@@ -183,6 +183,58 @@ def test_synthetic_refuses_a_folder_with_other_files(tmp_path: Path, make_cfg) -
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="holds no NYU-v2 dataset"):
         data.build(make_cfg(tmp_path, synthetic={"num_images": 4}))
+
+
+@pytest.mark.parametrize(("synthetic", "message"), [
+    ({"num_images": 1}, r"config key 'synthetic\.num_images': 1 is too few; expected at least 3 \(2 train, 1 val\)"),
+    ({"num_images": 2}, r"config key 'synthetic\.num_images': 2 is too few"),
+])
+def test_unusable_synthetic_settings_are_a_config_error_leaving_nothing(
+    synthetic: dict, message: str, tmp_path: Path, make_cfg,
+) -> None:
+    cfg = make_cfg(tmp_path / "nested" / "syn", input_shape=[12, 16], synthetic={"height": 12, "width": 16, **synthetic})
+    for call in (data.describe, data.build):
+        with pytest.raises(ConfigError, match=message):
+            call(cfg)
+    assert list(tmp_path.iterdir()) == [], "no (partial) folder left behind"
+
+
+def test_smallest_synthetic_set_builds(tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg(tmp_path / "syn", input_shape=[12, 16], synthetic={"num_images": 3, "height": 12, "width": 16})
+    assert [len(split) for split in data.build(cfg)] == [1, 1, 1]
+
+
+def test_synthetic_data_dir_under_a_file_is_one_line(tmp_path: Path, make_cfg) -> None:
+    (tmp_path / "cfg.yaml").write_text("mine")
+    root = tmp_path / "cfg.yaml" / "syn"
+    with pytest.raises(DataError) as raised:
+        data.build(make_cfg(root, synthetic={"num_images": 4, "height": 12, "width": 16}))
+    message = str(raised.value)
+    assert "\n" not in message and "data_dir_NYU" in message and str(root) in message, message
+    assert f"its parent '{tmp_path / 'cfg.yaml'}' exists and is not a folder; expected" in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
+def test_corrupt_synthetic_marker_is_a_data_error_naming_it(tmp_path: Path, make_cfg) -> None:
+    root = tmp_path / "syn"
+    cfg = make_cfg(root, input_shape=[12, 16], synthetic={"num_images": 4, "height": 12, "width": 16})
+    data.build(cfg)
+    (root / SYNTHETIC_MARKER).write_text("{bad")
+    with pytest.raises(DataError, match=re.escape(str(root / SYNTHETIC_MARKER)) + r": unreadable \(.*\); expected the JSON settings"):
+        data.build(cfg)
+
+
+def test_failed_synthetic_generation_leaves_no_partial_folder(tmp_path: Path, make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    import data.synthetic
+
+    def broken(root: Path, **_: object) -> Path:
+        (Path(root) / "images").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data.synthetic, "make_nyud", broken)
+    with pytest.raises(KeyboardInterrupt):
+        data.build(make_cfg(tmp_path / "syn", synthetic={"num_images": 4, "height": 12, "width": 16}))
+    assert list(tmp_path.iterdir()) == []
 
 
 def batches(loader) -> list[torch.Tensor]:

@@ -99,6 +99,25 @@ def test_a_size_outside_the_releases_range_exits_2_before_reading(size: int, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_a_negative_seed_exits_2_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        prepare_celeba.main(["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--seed", "-1"])
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == ["python -m data.prepare_celeba: error: --seed must be a non-negative integer, got -1"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["file", "file/sub"])
+def test_an_output_that_cannot_be_a_folder_exits_2_before_work(out: str, raw: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("mine")
+    assert run(raw, tmp_path / out) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and f"--out '{tmp_path / out}'" in error and "is not a folder" in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "mine"
+
+
 def test_official_partition_when_mapping_and_partition_are_present(tmp_path: Path) -> None:
     source = make_celeba_raw(tmp_path / "raw", num_images=NUM, image_size=32, mask_size=16, seed=3, with_mapping=True)
     assert run(source, tmp_path / "out") == 0

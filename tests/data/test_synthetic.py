@@ -102,3 +102,49 @@ def test_too_few_classes_is_rejected_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="num_classes"):
         make_mtan(tmp_path / "m", num_images=2, num_classes=3)
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--num-images", "0"], "--num-images 0 is too few; expected at least 2"),
+    (["--num-images", "1"], "--num-images 1 is too few; expected at least 2"),
+    (["--num-images", "2", "--test-fraction", "0.25"], "--num-images 2 is too few; expected at least 3"),
+    (["--height", "0"], "--height 0 is out of range; expected 1 to 8192 pixels"),
+    (["--width", "-4"], "--width -4 is out of range; expected 1 to 8192 pixels"),
+    (["--seed", "-1"], "--seed -1 is negative; expected a non-negative integer"),
+    (["--test-fraction", "1"], "--test-fraction 1.0 is out of range; expected a fraction in [0, 1)"),
+    (["--test-fraction", "0.9"], "--test-fraction 0.9 leaves no train images"),
+])
+def test_cli_rejects_unusable_settings_before_writing(flags: list[str], message: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / "out"), *flags])
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["file", "file/sub"])
+def test_cli_rejects_an_output_that_cannot_be_a_folder(out: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / out), "--num-images", "2"])
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"--out '{tmp_path / out}'" in errors[0] and "is not a folder" in errors[0], errors
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_smallest_settings_the_generator_accepts(tmp_path: Path) -> None:
+    """2 images (1 train, 1 val) of 1 x 1 pixels: the bounds the command line checks are the generator's own."""
+    root = make_nyud(tmp_path / "tiny", num_images=2, height=1, width=1)
+    assert read_ids(root, "train") == ["0000"] and read_ids(root, "val") == ["0001"]
+    assert np.load(root / "depth" / "0000.npy").shape == (1, 1)
+
+
+def test_library_rejects_unusable_settings_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_images: 1 is too few"):
+        make_nyud(tmp_path / "n", num_images=1)
+    with pytest.raises(ValueError, match="seed: -1 is negative"):
+        make_mtan(tmp_path / "m", num_images=4, seed=-1)
+    assert list(tmp_path.iterdir()) == []

@@ -100,6 +100,52 @@ def test_a_nan_in_training_stops_the_trial_and_the_next_one_runs(tmp_path: Path,
     assert summary.loc[0, "n_trials"] == 1
 
 
+def test_a_nan_target_under_the_validity_mask_names_its_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masked out, a NaN depth pixel leaves the loss finite and poisons only the gradient: the target check names it."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path, num_trials=1, epochs=1, log_every=1000)
+    from engine import loop
+
+    original = loop.to_device
+
+    def poisoned(batch, device, channels_last):
+        images, targets = original(batch, device, channels_last)
+        targets["surface_normal"][0, :, 0, 0] = float("nan")
+        return images, targets
+
+    monkeypatch.setattr(loop, "to_device", poisoned)
+    assert trials.run(cfg) == []
+    reason = artifacts.failure(artifacts.trial_folder(cfg, 0))
+    assert reason is not None and "epoch 0, step 0: non-finite values in the target of task surface_normal" in reason
+
+
+def test_when_every_trial_fails_the_cli_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import main_multi_trials
+    from tasks.depth import DepthTask
+
+    monkeypatch.chdir(tmp_path)
+    raw = tiny.tiny_raw("doomed", tmp_path / "runs", tmp_path / "nyud", num_trials=2, epochs=1,
+                        synthetic={"num_images": 24, "height": 32, "width": 48, "seed": 1})
+    (tmp_path / "doomed.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    original = DepthTask.loss
+    monkeypatch.setattr(DepthTask, "loss", lambda self, pred, target: original(self, pred, target) * float("inf"))
+    assert main_multi_trials.main(["--config_exp", "doomed.yaml"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: no trial of doomed finished; the reasons are in out_csv/doomed_trials.csv"]
+    table = pd.read_csv(tmp_path / "out_csv" / "doomed_trials.csv")
+    assert table["status"].tolist() == ["failed", "failed"] and table["reason"].str.contains("loss of task depth").all()
+    assert pd.read_csv(tmp_path / "out_csv" / "doomed.csv").loc[0, "n_trials"] == 0
+    raw["on_trial_failure"] = "stop"
+    (tmp_path / "doomed.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    for folder in (tmp_path / "runs").iterdir():
+        for file in folder.iterdir():
+            file.unlink()
+    assert main_multi_trials.main(["--config_exp", "doomed.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "non-finite loss of task depth_euclidean" in err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_the_cli_stops_on_a_signal_with_one_line_and_resumes(tmp_path: Path, signum: int, code: int) -> None:

@@ -13,6 +13,7 @@ from engine.trial import resolve
 from tests import tiny
 from utils import checkpoint as ckpt
 from utils import config, io
+from utils.errors import DataError
 
 
 def tiny_config(tmp: Path, **changes) -> config.ExperimentConfig:
@@ -120,3 +121,31 @@ def test_resuming_a_stopped_run_trains_no_further(tmp_path: Path, monkeypatch: p
     trials.run(tiny_config(tmp_path, num_trials=1, epochs=4, checkpoint=True))
     assert len(io.read_json(folder / "validation_dict.json")["loss"]["total"]) == 2
     assert (folder / "test_dict.json").is_file()
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    (artifacts.TEST_FILE, "{}", "is not a trial's test results"),
+    (artifacts.TEST_FILE, "[1]", "is not a trial's test results"),
+    (artifacts.FAILURE_FILE, "[]", "holds a list; expected the record of a failed trial"),
+])
+def test_a_damaged_trial_record_names_its_file(tmp_path: Path, name: str, content: str, expected: str) -> None:
+    folder = tmp_path / "t_trial_0"
+    folder.mkdir()
+    (folder / name).write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=expected) as error:
+        artifacts.read_result(folder) if name == artifacts.TEST_FILE else artifacts.failure(folder)
+    assert str(folder / name) in str(error.value)
+
+
+def test_a_last_pt_of_the_right_keys_but_wrong_parts_names_itself(tmp_path: Path) -> None:
+    ckpt.save(dict.fromkeys(artifacts.LAST_PARTS, 0), tmp_path / LAST_CHECKPOINT)
+    with pytest.raises(DataError, match=r"last.pt': \['model', 'optimizer'.*are not what a trial saves"):
+        artifacts.load_last(tmp_path)
+
+
+def test_a_folder_where_a_trial_file_belongs_is_one_line(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    folder = artifacts.trial_folder(cfg, 0)
+    (folder / artifacts.GLOBAL_CHECKPOINT).mkdir(parents=True)
+    with pytest.raises(DataError, match=r"cannot prepare .*checkpoint.pt"):
+        artifacts.open_folder(folder, cfg, resume=False)

@@ -191,3 +191,61 @@ def test_a_damaged_checkpoint_exits_2_naming_it(trained, tmp_path: Path, capsys:
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and error[-1].startswith("error: ") and str(target) in error[-1]
     assert "Traceback" not in "\n".join(error) and not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def no_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Testing a trial fails the test: what these tests check must be refused before any trial is tested."""
+    from engine import evaluate
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("a trial was tested before the bad input was refused")
+
+    monkeypatch.setattr(evaluate, "evaluate_trial", evaluated)
+
+
+def one_error_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and err[-1].startswith("error: ")
+    return err[-1]
+
+
+@pytest.mark.parametrize("bad", ["out_dir_is_a_file", "out_dir_under_a_file"])
+def test_an_unusable_out_dir_is_refused_before_evaluating(trained, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          no_evaluation, bad: str) -> None:
+    (tmp_path / "outf").write_text("")
+    out = tmp_path / "outf" if bad == "out_dir_is_a_file" else tmp_path / "outf" / "tables"
+    assert run(trained, out, "--exp_name", NAME, "--num_trials", "1") == 2
+    error = one_error_line(capsys)
+    assert "--out_dir" in error and str(tmp_path / "outf") in error and "expected a folder" in error
+    assert (tmp_path / "outf").read_text() == ""
+
+
+@pytest.mark.parametrize("bad", ["missing", "garbage", "no_task_columns"])
+def test_a_bad_baseline_is_refused_before_evaluating(trained, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     no_evaluation, bad: str) -> None:
+    path = tmp_path / "base_trials.csv"
+    if bad == "garbage":
+        path.write_text('a,b\n"x\n')
+    elif bad == "no_task_columns":
+        pd.DataFrame({"trial": [0], "class_Male_accuracy": [0.9]}).to_csv(path, index=False)
+    assert run(trained, tmp_path / "out", "--exp_name", NAME, "--num_trials", "1", "--baseline", str(path)) == 2
+    error = one_error_line(capsys)
+    assert (str(path) in error) if bad != "no_task_columns" else ("no baseline for task" in error and "--baseline" in error)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_runs_dir_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    (runs / f"{NAME}_trial_0").mkdir(parents=True)
+    listing = Path.iterdir
+
+    def iterdir(self: Path):  # chmod 000 as a non-root user (the tests may run as root, whom no mode stops)
+        if self == runs:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    code = get_outputs.main(["--runs_dir", str(runs), "--out_dir", str(tmp_path / "out"), "--exp_name", NAME])
+    error = one_error_line(capsys)
+    assert code == 2 and str(runs) in error and "cannot be read" in error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,46 @@ def test_plot_script_writes_pngs_and_logs_them_offline(trained, tmp_path: Path, 
 def test_plot_script_missing_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert plot_sparsity_wandb.main(["--exp_folder_path", str(tmp_path / "nope"), "--wandb", "disabled"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def copied_trial(trained, tmp_path: Path) -> Path:
+    folder = tmp_path / "runs" / trained.folder(0).name
+    shutil.copytree(trained.folder(0), folder, ignore=shutil.ignore_patterns("*.png"))
+    return folder
+
+
+@pytest.mark.parametrize(("file", "key", "value", "expected"), [
+    ("validation_dict.json", "metric.segmentsemantic.mIoU", 5, "a list of numbers"),
+    ("training_dict.json", "target_group_sparsity", 5, "a list of numbers"),
+    ("training_dict.json", "sparsity", [1, 2], "a JSON object"),
+    ("training_dict.json", "lambda", ["x"], "a list of numbers"),
+])
+def test_a_history_value_of_the_wrong_type_is_one_line_and_no_png(trained, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  file: str, key: str, value: object, expected: str) -> None:
+    folder = copied_trial(trained, tmp_path)
+    history = json.loads((folder / file).read_text())
+    *parents, last = key.split(".")
+    node = history
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    (folder / file).write_text(json.dumps(history))
+    assert plot_sparsity_wandb.main(["--exp_folder_path", str(folder), "--wandb", "disabled"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and err[-1].startswith("error: ")
+    assert file in err[-1] and f"'{key}'" in err[-1] and expected in err[-1]
+    assert not list(folder.glob("*.png"))
+
+
+def test_a_wandb_dir_that_is_a_file_is_refused_before_any_png(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = copied_trial(trained, tmp_path)
+    (tmp_path / "wf").write_text("")
+    assert plot_sparsity_wandb.main(["--exp_folder_path", str(folder), "--wandb_dir", str(tmp_path / "wf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and "--wandb_dir" in err[-1] and str(tmp_path / "wf") in err[-1]
+    assert not list(folder.glob("*.png"))
 
 
 def test_survival_map_marks_alive_zero_and_absent() -> None:

@@ -65,8 +65,12 @@ def test_sweep_configs_name_and_switch_sparsity(tiny_config, tmp_path: Path) -> 
     assert (dense.Experiment_name, dense.group_sparsity) == ("tiny_mtl_lambda_0.0", False)
     assert (sparse.Experiment_name, sparse.group_sparsity, sparse.bb_optimizer_params.lambda_) == ("tiny_mtl_lambda_1e-06", True, 1e-6)
     assert sparse.lambda_sweep is None and sparse.task_list == cfg.task_list
-    with pytest.raises(ConfigError, match="lambda_list"):
-        sweep.sweep_configs(cfg.model_copy(update={"lambda_list": [1e-5]}))
+    with pytest.raises(ConfigError, match="lambda_sweep and lambda_list"):  # found by validation, before torch loads
+        config.validate({**config.to_dict(cfg), "lambda_list": [1e-5]})
+    dense_only = {**config.to_dict(cfg), "group_sparsity": False}
+    dense_only["bb_optimizer_params"] = {**dense_only["bb_optimizer_params"], "penalty": None}
+    with pytest.raises(ConfigError, match="a λ > 0 trains with group sparsity"):
+        config.validate(dense_only)
 
 
 @pytest.mark.slow

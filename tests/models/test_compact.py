@@ -381,3 +381,23 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, trial_folder,
     assert export.main(["--exp_folder_path", str(folder), "--checkpoint", "surface_normal_checkpoint.pt"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "surface_normal_checkpoint.pt" in error[0] and "Traceback" not in error[0]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--onnx"])
+@pytest.mark.parametrize("bad", ["a_folder", "under_a_file"])
+def test_cli_unusable_output_paths_are_refused_before_the_work(trial_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture, flag: str, bad: str) -> None:
+    folder, _ = trial_folder
+
+    def compacted(model: nn.Module) -> CompactModel:
+        raise AssertionError("the model was compacted before the output path was refused")
+
+    monkeypatch.setattr(export, "compact", compacted)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "taken" if bad == "a_folder" else tmp_path / "file" / "model.out"
+    assert export.main(["--exp_folder_path", str(folder), flag, str(target)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and flag in error[0]
+    assert str(tmp_path / ("taken" if bad == "a_folder" else "file")) in error[0]
+    assert not (folder / "compact_checkpoint.pt").exists()

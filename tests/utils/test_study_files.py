@@ -122,6 +122,7 @@ def test_a_saved_study_config_loads_and_lists_its_extra_keys_once(tmp_path: Path
     ("x: !!python/object/apply:os.system ['echo owned']\n", "not allowed in a config"),
     ("Experiment_name: a\ntask_list: [depth_euclidean]\noptimizer_params: {learning_rate: .inf}\n", "learning_rate"),
     ("Experiment_name: a\ntask_list: [depth_euclidean]\ninput_shape: 256000\n", "input_shape.*less than or equal to 8192"),
+    ("seed: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
     ("Experiment_name: a\ntask_list: [depth_euclidean]\nsynthetic: {height: 1000000}\n", "synthetic.height"),
 ])
 def test_unsafe_or_ambiguous_yaml_is_refused(tmp_path: Path, text: str, expected: str) -> None:
