@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from utils import cli
 from utils.cli import main_guard
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp_name", required=True,
                         help="experiment name as in the trial folders' names (as typed; trailing '_' kept), or a path ending in it")
     parser.add_argument("--num_trials", type=int, default=None, help="evaluate trials 0..N-1 (default: every trial found)")

@@ -16,11 +16,12 @@ import argparse
 import shlex
 import sys
 
+from utils import cli
 from utils.cli import main_guard
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config_exp", required=True, help="experiment YAML file (the study's exp_gridsearch_single_mtl.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, dotted for nested keys; repeatable")

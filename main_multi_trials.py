@@ -21,12 +21,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from utils import cli
 from utils.cli import EXIT_FAILED, main_guard
 from utils.config import DEFAULT_CONFIG
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config_exp", default=DEFAULT_CONFIG,
                         help=f"experiment YAML file (default: {DEFAULT_CONFIG}, the synthetic demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

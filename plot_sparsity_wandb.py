@@ -24,7 +24,7 @@ from engine import artifacts
 from engine.measure import surviving_channels
 from engine.trial import Trial, build_trial
 from optim import sparsity
-from utils import config, io, plots, report
+from utils import cli, config, io, plots, report
 from utils.cli import main_guard
 from utils.errors import DataError
 from utils.logging import RunLogger
@@ -138,7 +138,7 @@ def log_figures(folder: Path, paths: dict[str, Path], *, mode: str, directory: s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp_folder_path", required=True, help="a trial folder (holding config_file.yaml and checkpoints)")
     parser.add_argument("--checkpoint", default=None,
                         help="plot only this checkpoint file of the folder (default: the global best and each task's best)")

@@ -52,6 +52,7 @@ from data.celeba_format import (
     segmask_name,
 )
 from data.files import BadFile, read_color, read_gray
+from utils import cli
 from utils.errors import DataError
 from utils.io import folder_problem, write_bytes
 
@@ -303,7 +304,7 @@ def _prepare_image(job: _Job) -> str | None:
 
 def _parser() -> argparse.ArgumentParser:
     table = "\n".join(f"  {part:7s} -> {PART_CLASSES[part]} ({SEG_CLASSES[PART_CLASSES[part]]})" for part in PART_CLASSES)
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m data.prepare_celeba",
         description="Format the CelebAMask-HQ raw release as the study's 3-class copy (resumable).",
         epilog=(

@@ -18,7 +18,6 @@ Command line: ``python -m data.synthetic --out DIR [--layout nyud|mtan] [--num-i
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils import cli
 from utils.io import folder_problem
 
 log = logging.getLogger(__name__)
@@ -558,7 +558,7 @@ _MAKERS: dict[str, Callable[..., Path]] = {"nyud": make_nyud, "mtan": make_mtan}
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: generate a dataset folder."""
-    parser = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m data.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--layout", choices=sorted(_MAKERS), default="nyud")
     parser.add_argument("--num-images", type=int, default=600)

@@ -15,7 +15,6 @@ CLI: ``python -m data.synthetic_faces --out DIR --num-images N``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from data.prepare_celeba import (
     image_name,
     raw_mask_path,
 )
+from utils import cli
 
 #: Images in CelebA, and the first file number of its val and test partitions (1-based).
 CELEBA_SIZE = 202599
@@ -355,7 +355,7 @@ def celeba_partition(file_number: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.synthetic_faces", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m data.synthetic_faces", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the raw-layout copy")
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=128)

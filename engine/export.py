@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from engine import artifacts, measure
 from engine.trial import build_trial
 from models.compact import compact, save
+from utils import cli
 from utils.cli import main_guard
 from utils.config import ExperimentConfig, writable_folder
 from utils.errors import ConfigError, DataError
@@ -50,6 +51,10 @@ def load_trial_model(folder: Path, checkpoint: str) -> tuple[ExperimentConfig, n
     cfg = artifacts.offline_config(folder)
     model = build_trial(cfg, device=torch.device("cpu")).model
     weights, _ = artifacts.read_weights(folder, checkpoint, cfg)
+    broken = next((key for key, value in weights.items() if value.is_floating_point() and not value.isfinite().all()), None)
+    if broken is not None:
+        raise DataError(f"checkpoint '{folder / checkpoint}': '{broken}' holds NaN/Inf (a diverged run); "
+                        "expected finite weights to compact")
     artifacts.load_weights(model, weights, source=folder / checkpoint)
     return cfg, model.eval()
 
@@ -167,7 +172,7 @@ def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None)
     for what, values in differences.items():
         print(f"max |difference| / max |output|, {what}: " + ", ".join(f"{task} {value:.2e}" for task, value in values.items()))
     worst = max(value for values in differences.values() for value in values.values())
-    if worst > TOLERANCE:
+    if not worst <= TOLERANCE:  # NaN included
         print(f"error: outputs differ by {worst:.2e} > {TOLERANCE:g} of their largest value; nothing written", file=sys.stderr)
         return 1
     save(small, out)
@@ -178,7 +183,7 @@ def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m models.compact", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m models.compact", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp_folder_path", required=True, type=Path, help="the trial folder (holds config_file.yaml)")
     parser.add_argument("--checkpoint", default=artifacts.GLOBAL_CHECKPOINT,

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from utils import config, yaml_io
+from utils import cli, config, yaml_io
 from utils.cli import main_guard
 from utils.config import Bool, ExperimentConfig, NonNegFloat, NonNegInt, PosInt
 from utils.errors import ConfigError
@@ -356,7 +356,7 @@ def _short(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m engine.study", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m engine.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="study YAML file (config/study_NYU.yaml, config/study_demo.yaml, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

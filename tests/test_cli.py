@@ -88,3 +88,16 @@ def test_gridsearch_with_malformed_optimizer_params_exits_2(tmp_path: Path) -> N
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: {path}: key 'bb_optimizer_params': Input should be a valid dictionary or instance of OptimizerParams (got 5)"]
+
+
+@pytest.mark.parametrize("command", [
+    ["main_multi_trials.py"], ["main_gridsearch.py"], ["get_outputs.py"], ["get_out_put_celeb.py"],
+    ["plot_sparsity_wandb.py"], ["-m", "engine.study"], ["-m", "models.compact"], ["-m", "data.prepare_celeba"],
+    ["-m", "data.synthetic"],
+])
+def test_a_bad_flag_is_one_error_line_and_exit_2(command: list[str]) -> None:
+    result = subprocess.run([sys.executable, *command, "--no-such-flag"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("--help)")
+    assert "--no-such-flag" in lines[0] or "arguments are required" in lines[0]

@@ -40,7 +40,10 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[
     path = _existing(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+    except pickle.UnpicklingError:  # torch's text would suggest weights_only=False: never for a file we cannot vouch for
+        raise DataError(f"checkpoint '{path}' is not a checkpoint of this project (torn, of another format, or "
+                        "naming objects a weights-only load refuses); expected a file a trial wrote") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
         raise DataError(f"checkpoint '{path}' cannot be read ({_first_line(error)})") from None
     if not isinstance(state, dict):
         raise DataError(f"checkpoint '{path}' holds a {type(state).__name__}; expected a dict with a 'model' state_dict")

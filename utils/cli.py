@@ -8,8 +8,10 @@ exit code 2, never a traceback. A diverged run that was asked to stop the experi
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from utils.errors import ConfigError, DataError, NumericalFault
 from utils.logging import setup_console
@@ -18,6 +20,13 @@ from utils.signals import EXIT_CODES
 #: Exit code of a user-fixable problem (bad config, missing data): one line, no traceback.
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors follow the contract: one line, ``error: <message>``, exit code 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def one_line(error: BaseException) -> str:

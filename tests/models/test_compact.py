@@ -401,3 +401,15 @@ def test_cli_unusable_output_paths_are_refused_before_the_work(trial_folder, tmp
     assert len(error) == 1 and error[0].startswith("error: ") and flag in error[0]
     assert str(tmp_path / ("taken" if bad == "a_folder" else "file")) in error[0]
     assert not (folder / "compact_checkpoint.pt").exists()
+
+
+def test_cli_refuses_a_checkpoint_with_nan_weights(trial_folder, capsys: pytest.CaptureFixture) -> None:
+    folder, model = trial_folder
+    state = model.state_dict()
+    state["backbone.layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    ckpt.save({"model": state, "epoch": 1}, folder / "checkpoint.pt")
+    assert export.main(["--exp_folder_path", str(folder)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"error: checkpoint '{folder / 'checkpoint.pt'}': 'backbone.layer1.0.conv1.weight' holds NaN/Inf "
+                     "(a diverged run); expected finite weights to compact"]
+    assert not (folder / "compact_checkpoint.pt").exists()
