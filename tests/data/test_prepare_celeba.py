@@ -103,8 +103,8 @@ def test_a_negative_seed_exits_2_before_reading(tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit) as exit_:
         prepare_celeba.main(["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--seed", "-1"])
     assert exit_.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert errors == ["python -m data.prepare_celeba: error: --seed must be a non-negative integer, got -1"]
+    assert capsys.readouterr().err.splitlines() == [
+        "error: python -m data.prepare_celeba: --seed must be a non-negative integer, got -1 (see python -m data.prepare_celeba --help)"]
     assert not (tmp_path / "out").exists()
 
 
