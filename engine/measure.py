@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from engine.runtime import autocast
 from models.compact import compact
@@ -54,9 +54,19 @@ def _images(batch_size: int, image_size: tuple[int, int], device: torch.device, 
 def gflops_per_image(model: nn.Module, image_size: tuple[int, int], device: torch.device) -> float:
     """GFLOPs of one forward pass on one image (every head); a multiply-add counts 2 FLOPs."""
     model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(_images(1, image_size, device, channels_last=False))
-    return counter.get_total_flops() / 1e9
+    return count_flops(model, _images(1, image_size, device, channels_last=False)) / 1e9
+
+
+def count_flops(model: nn.Module, images: Tensor) -> int:
+    """FLOPs of ``model(images)``, torch's count, the oneDNN convolutions of compact models included."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mkldnn_convolution: _onednn_conv_flop}) as counter:
+        model(images)
+    return counter.get_total_flops()
+
+
+def _onednn_conv_flop(x_shape: list[int], w_shape: list[int], *_: Any, out_shape: list[int], **__: Any) -> int:
+    """FLOPs of ``aten.mkldnn_convolution`` (the compact model's CPU convs), as torch counts a convolution's."""
+    return conv_flop_count(x_shape, w_shape, out_shape)
 
 
 def median_seconds(

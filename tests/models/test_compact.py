@@ -15,7 +15,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import data
 from data.synthetic import make_nyud
@@ -83,9 +82,7 @@ def folded(model: nn.Module, within: nn.Module | None = None) -> int:
 
 
 def flops(model: nn.Module, size: tuple[int, int] = SIZE) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, *size))
-    return counter.get_total_flops()
+    return measure.count_flops(model, torch.zeros(1, 3, *size))
 
 
 def zero_groups(weight: Tensor, groups: list[int] | slice) -> None:
