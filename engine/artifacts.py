@@ -309,7 +309,11 @@ def find_trials(exp_name: str, *, runs_dirs: Sequence[str | Path], num_trials: i
 
 def _candidates(root: Path) -> list[Path]:
     """Sub-folders of ``root`` and of its sub-folders, sorted for a stable order."""
-    children = sorted(path for path in root.iterdir() if path.is_dir())
+    try:
+        children = sorted(path for path in root.iterdir() if path.is_dir())
+    except PermissionError:
+        raise DataError(f"runs folder '{root}' cannot be read; expected a folder holding the trial folders "
+                        "(fix its permissions or pass another --runs_dir)") from None
     grandchildren = sorted(path for child in children for path in _subfolders(child))
     return children + grandchildren
 

@@ -134,11 +134,7 @@ def evaluate_experiment(
     """
     # Everything a user can get wrong is checked before the first trial is tested (minutes, on real data).
     writable_folder(Path(out_dir), "--out_dir")
-    try:
-        folders = artifacts.find_trials(exp_name, runs_dirs=runs_dirs, num_trials=num_trials)
-    except PermissionError as error:
-        raise DataError(f"runs folder '{error.filename}' cannot be read; expected a folder holding the trial folders "
-                        "(fix its permissions or pass another --runs_dir)") from None
+    folders = artifacts.find_trials(exp_name, runs_dirs=runs_dirs, num_trials=num_trials)
     configs = {index: resolve(artifacts.load_trial_config(folder, data_dir=data_dir, device=device))
                for index, folder in folders.items()}
     first = next(iter(configs.values()))
