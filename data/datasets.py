@@ -235,10 +235,11 @@ def _split_keys(layout: ModuleType, root: Path, *, meta: bool) -> dict[str, list
 def _check_synthetic(spec: SyntheticConfig) -> None:
     """ConfigError naming the ``synthetic`` key the generator cannot use, before anything is written.
 
-    The set has no test split, so ``build`` holds out validation from train: train needs 2 images."""
+    The set has no test split, so ``build`` holds out validation from train, and training needs
+    batches of 2 (BatchNorm): train needs 3 images."""
     from data.synthetic import check_settings
 
-    problem = check_settings(num_images=spec.num_images, height=spec.height, width=spec.width, seed=spec.seed, min_train=2)
+    problem = check_settings(num_images=spec.num_images, height=spec.height, width=spec.width, seed=spec.seed, min_train=3)
     if problem is not None:
         raise ConfigError(f"config key 'synthetic.{problem[0]}': {problem[1]}")
 

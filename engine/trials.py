@@ -24,7 +24,7 @@ from engine.trial import Trial, build_trial, resolve
 from optim import sparsity
 from utils import config, io, report
 from utils.config import ExperimentConfig
-from utils.errors import NumericalFault
+from utils.errors import DataError, NumericalFault
 from utils.logging import RunLogger
 
 log = logging.getLogger("gsmtl")
@@ -46,6 +46,9 @@ def run(
     cfg = resolve(cfg)
     device = resolve_device(cfg)
     splits = data.build(cfg) if splits is None else splits
+    if len(splits.train) < 2:
+        raise DataError(f"{cfg.data_dir}: the training split holds {len(splits.train)} sample(s); "
+                        "expected at least 2 (BatchNorm trains on batch statistics)")
     log.info("%s: %d train / %d val / %d test samples on %s", cfg.Experiment_name,
              len(splits.train), len(splits.val), len(splits.test), device)
     for index in range(cfg.num_trials) if trial is None else [trial]:

@@ -57,6 +57,16 @@ def test_an_output_folder_under_a_file_exits_2_before_training(tmp_path: Path, k
         "expected a folder to write into")
 
 
+def test_a_folder_in_place_of_a_table_exits_2_before_training(tmp_path: Path) -> None:
+    (tmp_path / "out_csv" / "demo_synthetic_trials.csv").mkdir(parents=True)
+    config = REPO / "config" / "demo_synthetic.yaml"
+    result = subprocess.run([sys.executable, str(REPO / "main_multi_trials.py"), "--config_exp", str(config)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode == 2 and not (tmp_path / "runs").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the tables' folder: 'out_csv/demo_synthetic_trials.csv' is a folder; expected the place of a table (move it away)")
+
+
 def test_a_tables_folder_that_is_a_file_exits_2_before_training(tmp_path: Path) -> None:
     (tmp_path / "out_csv").write_text("not a folder")
     config = REPO / "config" / "demo_synthetic.yaml"

@@ -394,6 +394,9 @@ def check_paths(cfg: ExperimentConfig, *, out_dir: str | Path = "out_csv") -> No
         folders[f"config key 'data_dir_{cfg.dataset_name}' (generated)"] = cfg.data_dir
     for what, folder in folders.items():
         writable_folder(Path(folder).expanduser(), what)
+    for table in (Path(out_dir) / f"{cfg.Experiment_name}.csv", Path(out_dir) / f"{cfg.Experiment_name}_trials.csv"):
+        if table.is_dir():
+            raise ConfigError(f"the tables' folder: '{table}' is a folder; expected the place of a table (move it away)")
 
 
 def check_trial(cfg: ExperimentConfig, trial: int) -> None:

@@ -186,7 +186,8 @@ def test_synthetic_refuses_a_folder_with_other_files(tmp_path: Path, make_cfg) -
 
 
 @pytest.mark.parametrize(("synthetic", "message"), [
-    ({"num_images": 1}, r"config key 'synthetic\.num_images': 1 is too few; expected at least 3 \(2 train, 1 val\)"),
+    ({"num_images": 1}, r"config key 'synthetic\.num_images': 1 is too few; expected at least 4 \(3 train, 1 val\)"),
+    ({"num_images": 3}, r"config key 'synthetic\.num_images': 3 is too few"),
     ({"num_images": 2}, r"config key 'synthetic\.num_images': 2 is too few"),
 ])
 def test_unusable_synthetic_settings_are_a_config_error_leaving_nothing(
@@ -200,8 +201,8 @@ def test_unusable_synthetic_settings_are_a_config_error_leaving_nothing(
 
 
 def test_smallest_synthetic_set_builds(tmp_path: Path, make_cfg) -> None:
-    cfg = make_cfg(tmp_path / "syn", input_shape=[12, 16], synthetic={"num_images": 3, "height": 12, "width": 16})
-    assert [len(split) for split in data.build(cfg)] == [1, 1, 1]
+    cfg = make_cfg(tmp_path / "syn", input_shape=[12, 16], synthetic={"num_images": 4, "height": 12, "width": 16})
+    assert [len(split) for split in data.build(cfg)] == [2, 1, 1]  # two to train on: BatchNorm needs batches of 2
 
 
 def test_synthetic_data_dir_under_a_file_is_one_line(tmp_path: Path, make_cfg) -> None:

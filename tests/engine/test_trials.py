@@ -149,3 +149,12 @@ def test_a_folder_where_a_trial_file_belongs_is_one_line(tmp_path: Path) -> None
     (folder / artifacts.GLOBAL_CHECKPOINT).mkdir(parents=True)
     with pytest.raises(DataError, match=r"cannot prepare .*checkpoint.pt"):
         artifacts.open_folder(folder, cfg, resume=False)
+
+
+def test_a_training_split_of_one_sample_is_one_line_before_any_trial_folder(tmp_path: Path) -> None:
+    cfg = resolve(tiny_config(tmp_path))
+    splits = data.build(cfg)
+    one = data.Splits(torch.utils.data.Subset(splits.train, [0]), splits.val, splits.test)
+    with pytest.raises(DataError, match="the training split holds 1 sample"):
+        trials.run(cfg, splits=one)
+    assert not artifacts.trial_folder(cfg, 0).exists()
