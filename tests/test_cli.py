@@ -57,24 +57,19 @@ def test_an_output_folder_under_a_file_exits_2_before_training(tmp_path: Path, k
         "expected a folder to write into")
 
 
-def test_a_folder_in_place_of_a_table_exits_2_before_training(tmp_path: Path) -> None:
-    (tmp_path / "out_csv" / "demo_synthetic_trials.csv").mkdir(parents=True)
+@pytest.mark.parametrize(("block", "expected"), [
+    (lambda out: (out / "demo_synthetic_trials.csv").mkdir(parents=True),
+     "'out_csv/demo_synthetic_trials.csv' is a folder; expected the place of a table (move it away)"),
+    (lambda out: out.write_text("not a folder"),
+     "'out_csv' cannot be written: it exists and is not a folder; expected a folder to write into"),
+], ids=["a folder in place of a table", "a file in place of the folder"])
+def test_a_blocked_tables_place_exits_2_before_training(tmp_path: Path, block, expected: str) -> None:
+    block(tmp_path / "out_csv")
     config = REPO / "config" / "demo_synthetic.yaml"
     result = subprocess.run([sys.executable, str(REPO / "main_multi_trials.py"), "--config_exp", str(config)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "WANDB_MODE": "disabled"})
     assert result.returncode == 2 and not (tmp_path / "runs").exists()
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: the tables' folder: 'out_csv/demo_synthetic_trials.csv' is a folder; expected the place of a table (move it away)")
-
-
-def test_a_tables_folder_that_is_a_file_exits_2_before_training(tmp_path: Path) -> None:
-    (tmp_path / "out_csv").write_text("not a folder")
-    config = REPO / "config" / "demo_synthetic.yaml"
-    result = subprocess.run([sys.executable, str(REPO / "main_multi_trials.py"), "--config_exp", str(config)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "WANDB_MODE": "disabled"})
-    assert result.returncode == 2 and not (tmp_path / "runs").exists()
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: the tables' folder: 'out_csv' cannot be written: it exists and is not a folder; expected a folder to write into")
+    assert result.stderr.strip().splitlines()[-1] == f"error: the tables' folder: {expected}"
 
 
 def test_validating_a_config_imports_neither_torch_nor_torchvision() -> None:
