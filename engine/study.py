@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from utils import cli, config, yaml_io
 from utils.cli import main_guard
-from utils.config import Bool, ExperimentConfig, NonNegFloat, NonNegInt, PosInt
+from utils.config import Bool, ExperimentConfig, FolderName, NonNegFloat, NonNegInt, PosInt
 from utils.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -116,20 +115,13 @@ class Setups(_Section):
 class StudyFile(_Section):
     """The study file's keys (see the module docstring)."""
 
-    study: str
+    study: FolderName
     experiment: str | dict[str, Any]
     set_: dict[str, Any] = Field({}, alias="set")
     setups: Setups = Setups()
     levels: list[Level] = Field(min_length=1)
     num_trials: PosInt | None = None
     out_dir: str = "out_csv"
-
-    @field_validator("study")
-    @classmethod
-    def _folder_safe(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._+=-]+", value):
-            raise ValueError(f"must be a non-empty folder name of letters, digits and ._+=-, got {value!r}")
-        return value
 
 
 @dataclass(frozen=True)

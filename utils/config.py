@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from data.celeba_format import CELEBA_ATTRIBUTES, CELEBA_TASK_ALIASES, celeba_attribute
 from utils import io, yaml_io
@@ -39,6 +49,16 @@ NonNegFloat = Annotated[float, Strict(), Field(ge=0)]
 Side = Annotated[int, Strict(), Field(gt=0, le=8192)]
 #: A seed every generator takes (numpy's and torch's: non-negative, 64-bit).
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**63)]
+
+
+def _folder_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,199}", value):
+        raise ValueError(f"must be a folder name of 1 to 200 letters, digits and ._+=-, not starting with '.', got {value!r}")
+    return value
+
+
+#: A name that becomes a folder's (an experiment's, a study's): portable, not hidden, short enough for its suffixes.
+FolderName = Annotated[str, AfterValidator(_folder_name)]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 BackboneName = Literal[
     "resnetd18", "resnetd34", "resnetd50", "resnetd101",
@@ -143,7 +163,7 @@ class ExperimentConfig(_Section):
     """
 
     # The study's keys (REFERENCE §2).
-    Experiment_name: str
+    Experiment_name: FolderName
     dataset_name: Literal["NYU", "celebA"] = "NYU"
     task_list: list[str] = Field(min_length=1)
     setup: Literal["singletask", "multitask"] = "multitask"
@@ -241,13 +261,6 @@ class ExperimentConfig(_Section):
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
-
-    @field_validator("Experiment_name")
-    @classmethod
-    def _folder_safe(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,199}", value):
-            raise ValueError(f"must be a folder name of 1 to 200 letters, digits and ._+=-, not starting with '.', got {value!r}")
-        return value
 
     @field_validator("num_trials")
     @classmethod
