@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from utils import cli
+from utils.config import MAX_IMAGE_SIDE
 from utils.io import folder_problem
 
 log = logging.getLogger(__name__)
@@ -416,10 +417,6 @@ def _scenes(num_images: int, height: int, width: int, seed: int, roles: ClassRol
         yield index, render_scene(np.random.default_rng([seed, index]), height=height, width=width, roles=roles)
 
 
-#: The largest image side generated, as for the config's ``synthetic`` block (``utils.config.Side``).
-MAX_SIDE = 8192
-
-
 def _split_counts(num_images: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     num_val = max(1, round(num_images * val_fraction))
     num_test = max(1, round(num_images * test_fraction)) if test_fraction > 0 else 0
@@ -462,8 +459,8 @@ def check_settings(
         test = ", 1 test" if test_fraction > 0 else ""
         return "num_images", f"{num_images} is too few; expected at least {fewest} ({min_train} train, 1 val{test})"
     for name, side in (("height", height), ("width", width)):
-        if not 1 <= side <= MAX_SIDE:
-            return name, f"{side} is out of range; expected 1 to {MAX_SIDE} pixels"
+        if not 1 <= side <= MAX_IMAGE_SIDE:
+            return name, f"{side} is out of range; expected 1 to {MAX_IMAGE_SIDE} pixels"
     if seed < 0:
         return "seed", f"{seed} is negative; expected a non-negative integer (numpy seeds)"
     return None

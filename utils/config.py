@@ -46,7 +46,8 @@ NonNegInt = Annotated[int, Strict(), Field(ge=0)]
 PosFloat = Annotated[float, Strict(), Field(gt=0)]
 NonNegFloat = Annotated[float, Strict(), Field(ge=0)]
 #: An image side in pixels: 8 K is far beyond any dataset here, and a typo (256000) would exhaust memory.
-Side = Annotated[int, Strict(), Field(gt=0, le=8192)]
+MAX_IMAGE_SIDE = 8192
+Side = Annotated[int, Strict(), Field(gt=0, le=MAX_IMAGE_SIDE)]
 #: A seed every generator takes (numpy's and torch's: non-negative, 64-bit).
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**63)]
 
