@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from optim import sparsity
 from utils import cli, config, io, plots, report
 from utils.cli import main_guard
 from utils.errors import DataError
-from utils.logging import RunLogger
+from utils.logging import RunLogger, wandb_mode
 
 SPARSITY_PNG = "sparsity_plot.png"
 CURVES_PNG = "training_curves.png"
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if not folder.is_dir():
             raise DataError(f"--exp_folder_path '{folder}' is not a folder; expected a trial folder")
         directory = args.wandb_dir or folder.resolve().parent
-        if os.environ.get("WANDB_MODE", args.wandb) != "disabled":  # as RunLogger decides; checked before any figure is made
+        if wandb_mode(args.wandb) != "disabled":  # checked before any figure is made
             config.writable_folder(Path(directory), "--wandb_dir")
         paths = trial_figures(folder, checkpoint=args.checkpoint)
         log_figures(folder, paths, mode=args.wandb, directory=directory)

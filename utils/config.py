@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pydantic import (
 from data.celeba_format import CELEBA_ATTRIBUTES, CELEBA_TASK_ALIASES, celeba_attribute
 from utils import io, yaml_io
 from utils.errors import ConfigError
+from utils.logging import wandb_mode
 
 log = logging.getLogger("gsmtl")
 
@@ -402,7 +402,7 @@ def check_paths(cfg: ExperimentConfig, *, out_dir: str | Path = "out_csv") -> No
             f"config key 'data_dir_{cfg.dataset_name}': folder '{cfg.data_dir}' not found; expected the dataset folder"
         )
     folders = {"config key 'checkpoint_folder'": cfg.checkpoint_folder, "the tables' folder": out_dir}
-    if (os.environ.get("WANDB_MODE") or cfg.wandb.mode) != "disabled":
+    if wandb_mode(cfg.wandb.mode) != "disabled":
         folders["config key 'wandb.dir'"] = cfg.wandb.dir
     if cfg.synthetic is not None and not cfg.data_dir.is_dir():
         folders[f"config key 'data_dir_{cfg.dataset_name}' (generated)"] = cfg.data_dir

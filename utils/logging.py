@@ -30,6 +30,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[s
     return flat
 
 
+def wandb_mode(requested: str) -> str:
+    """The wandb mode a run gets: ``WANDB_MODE`` wins over the config or flag (``requested``)."""
+    return os.environ.get("WANDB_MODE") or requested
+
+
 class RunLogger:
     """A wandb run for one trial; every call is a no-op when wandb is disabled."""
 
@@ -38,7 +43,7 @@ class RunLogger:
         entity: str | None, directory: str | Path, resume_id: str | None = None, enabled: bool = True,
     ) -> None:
         self._run = None
-        mode = os.environ.get("WANDB_MODE", mode)
+        mode = wandb_mode(mode)
         if mode == "disabled" or not enabled:  # enabled=False: not the process that logs (torchrun rank > 0)
             return
         import wandb
