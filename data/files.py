@@ -21,6 +21,7 @@ otherwise complete JPEG is not detected (no decoder reports it reliably). Torch-
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,10 @@ import numpy as np
 
 from utils.errors import DataError
 
+#: np.load parses the .npy header with ``ast.literal_eval``; CPython 3.11's AST builder keeps its
+#: recursion depth per interpreter, so two decode threads parsing at once can fail with
+#: "SystemError: AST constructor recursion depth mismatch" (seen on 3.11.7). Loads take turns.
+_NPY_LOAD = threading.Lock()
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -205,7 +210,8 @@ def read_gray(path: Path | str) -> np.ndarray:
 def load_npy(path: Path | str) -> np.ndarray:
     """A plain numeric ``.npy`` array, or BadFile naming the file and what is wrong with it."""
     try:
-        array = np.load(path, allow_pickle=False)
+        with _NPY_LOAD:
+            array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise BadFile(path, "file not found", NPY_EXPECTED) from None
     except EOFError:
