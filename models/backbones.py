@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 from torchvision.models import resnet as tv_resnet
 
+from models.cpu_ops import StemMaxPool2d
 from utils.errors import ConfigError
 
 Block = type[tv_resnet.BasicBlock] | type[tv_resnet.Bottleneck]
@@ -96,7 +97,7 @@ def _deep_stem(width: float) -> nn.Sequential:
         *_conv_bn_relu(3, mid, stride=2),
         *_conv_bn_relu(mid, mid),
         *_conv_bn_relu(mid, out),
-        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        StemMaxPool2d(kernel_size=3, stride=2, padding=1),
     )
 
 
@@ -159,7 +160,7 @@ def torchvision_resnet(
     model = tv_resnet.ResNet(block, list(depths), replace_stride_with_dilation=[False, True, True])
     if state is not None:
         model.load_state_dict(state)
-    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, StemMaxPool2d(kernel_size=3, stride=2, padding=1))  # torchvision's pool, faster
     layers = [model.layer1, model.layer2, model.layer3, model.layer4]
     return ResNetBackbone(stem, layers, 512 * block.expansion)
 

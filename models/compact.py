@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
 from models.backbones import ResNetBackbone
+from models.cpu_ops import OneDNNConv2d, StemMaxPool2d, onednn_convs
 from models.heads import ClassificationHead, DenseHead, build_head
 from models.multitask import MultiTaskModel
 from optim.groups import head_input_layers
@@ -100,35 +101,6 @@ class ConvUnit(nn.Module):
         return x.relu_() if self.relu else x
 
 
-class OneDNNConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose CPU float32 forward runs through oneDNN when the kernel is larger than 1×1.
-
-    torch sends small inputs (batch 1, ≤ 20480 elements) to its native im2col and dilated
-    kernels, which on the odd channel counts of a compact model are up to 3× slower than oneDNN
-    (a 3×3 conv of dilation 2 on 90 channels of 12×16: 312 µs native, 137 µs oneDNN, one thread).
-    Tracing, export and compilation see the plain conv (``engine.measure`` counts both as FLOPs).
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.kernel_size == (1, 1) or self.padding_mode != "zeros"
-                or not torch.backends.mkldnn.is_available() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
-            return super().forward(x)
-        return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
-
-
-def _onednn_convs(module: nn.Module) -> nn.Module:
-    """``module`` with every ``nn.Conv2d`` inside replaced by a :class:`OneDNNConv2d` of the same shape (same state keys)."""
-    for name, child in module.named_children():
-        if type(child) is nn.Conv2d:
-            setattr(module, name, OneDNNConv2d(
-                child.in_channels, child.out_channels, child.kernel_size, stride=child.stride, padding=child.padding,
-                dilation=child.dilation, groups=child.groups, bias=child.bias is not None, padding_mode=child.padding_mode))
-        else:
-            _onednn_convs(child)
-    return module
-
-
 def _bias_separate(spec: Mapping[str, Any]) -> bool:
     return any(d > 1 for d in spec["dilation"])
 
@@ -162,7 +134,7 @@ class CompactBackbone(ResNetBackbone):
     def __init__(self, spec: Mapping[str, Any]) -> None:
         stem: list[nn.Module] = [ConvUnit(unit) for unit in spec["stem"]]
         if spec["pool"] is not None:
-            stem.append(nn.MaxPool2d(**spec["pool"]))
+            stem.append(StemMaxPool2d(**spec["pool"]))
         stages = [nn.Sequential(*(CompactBlock(block) for block in stage)) for stage in spec["stages"]]
         super().__init__(nn.Sequential(*stem), stages, int(spec["out_channels"]))
 
@@ -172,7 +144,7 @@ class GatheredHead(nn.Module):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__()
-        self.head = _onednn_convs(build_head(spec["kind"], spec["in_channels"], spec["out_channels"],
+        self.head = onednn_convs(build_head(spec["kind"], spec["in_channels"], spec["out_channels"],
                                              head_channels=spec["head_channels"]))
         self.register_buffer("index", _index(spec["index"]), persistent=False)
 

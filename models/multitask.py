@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from models.cpu_ops import resize_bilinear
 
 
 class MultiTaskModel(nn.Module):
@@ -43,7 +44,7 @@ class MultiTaskModel(nn.Module):
 
 
 def _to_size(output: Tensor, size: Sequence[int]) -> Tensor:
-    """Dense maps (N x C x h x w) resized to ``size``; per-image outputs pass unchanged."""
+    """Dense maps (N x C x h x w) resized to ``size`` (bilinear; channels-last on the CPU); per-image outputs pass unchanged."""
     if output.dim() != 4 or output.shape[-2:] == size:
         return output
-    return F.interpolate(output, size=size, mode="bilinear", align_corners=False)
+    return resize_bilinear(output, size)

@@ -1,0 +1,80 @@
+"""The faster CPU ops give torch's own results: bitwise for the max-pool, within rounding elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from models.cpu_ops import OneDNNConv2d, StemMaxPool2d, onednn_convs, resize_bilinear
+
+
+@settings(max_examples=60, deadline=None, database=None)  # no .hypothesis folder in the tree
+@given(
+    batch=st.integers(1, 3), channels=st.integers(1, 5), height=st.integers(1, 13), width=st.integers(1, 13),
+    kernel=st.integers(1, 4), stride=st.integers(1, 3), data=st.data(),
+)
+def test_stem_pool_is_bitwise_maxpool(batch: int, channels: int, height: int, width: int, kernel: int, stride: int,
+                                      data: st.DataObject) -> None:
+    padding = data.draw(st.integers(0, kernel // 2))
+    if height + 2 * padding < kernel or width + 2 * padding < kernel:
+        return  # no output: both raise (tested below)
+    x = torch.randn(batch, channels, height, width, generator=torch.Generator().manual_seed(height * 31 + width))
+    specials = torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0, -0.0])
+    mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(7)) < 0.1
+    x[mask] = specials[torch.arange(int(mask.sum())) % len(specials)]
+    expected = nn.MaxPool2d(kernel, stride, padding)(x)
+    with torch.no_grad():
+        got = StemMaxPool2d(kernel, stride, padding)(x)
+    assert got.shape == expected.shape
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(got.nan_to_num(0.0), expected.nan_to_num(0.0))
+
+
+def test_stem_pool_keeps_maxpool_gradients_and_formats() -> None:
+    x = torch.randn(2, 4, 9, 10).relu()  # ReLU zeros: ties, where the separable form would split gradients
+    x.requires_grad_(True)
+    reference = x.detach().clone().requires_grad_(True)
+    StemMaxPool2d(3, 2, 1)(x).sum().backward()
+    nn.MaxPool2d(3, 2, 1)(reference).sum().backward()
+    assert torch.equal(x.grad, reference.grad)
+    channels_last = x.detach().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(StemMaxPool2d(3, 2, 1)(channels_last), F.max_pool2d(channels_last, 3, 2, 1))
+
+
+def test_stem_pool_refuses_what_maxpool_refuses() -> None:
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        StemMaxPool2d(3, 2, 0)(torch.randn(1, 1, 2, 2))
+
+
+def test_stem_pool_exports_as_maxpool() -> None:
+    traced = torch.jit.trace(nn.Sequential(StemMaxPool2d(3, 2, 1)).eval(), torch.randn(1, 2, 8, 8))
+    assert "aten::max_pool2d" in str(traced.inlined_graph) and "aten::maximum" not in str(traced.inlined_graph)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 40])
+def test_resize_matches_torch_bilinear(channels: int) -> None:
+    x = torch.randn(2, channels, 7, 9, requires_grad=True)
+    ref = x.detach().clone().requires_grad_(True)
+    got = resize_bilinear(x, (30, 41))
+    expected = F.interpolate(ref, size=(30, 41), mode="bilinear", align_corners=False)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    grad = torch.randn(expected.shape)
+    got.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_conv_matches_conv() -> None:
+    conv = nn.Sequential(nn.Conv2d(5, 7, 3, padding=2, dilation=2), nn.ReLU(), nn.Conv2d(7, 3, 1))
+    fast = onednn_convs(nn.Sequential(nn.Conv2d(5, 7, 3, padding=2, dilation=2), nn.ReLU(), nn.Conv2d(7, 3, 1)))
+    fast.load_state_dict(conv.state_dict())
+    assert isinstance(fast[0], OneDNNConv2d) and isinstance(fast[2], OneDNNConv2d)
+    x = torch.randn(1, 5, 12, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
