@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 from torchvision.models import resnet as tv_resnet
 
-from models.cpu_ops import StemMaxPool2d
+from models.fast_ops import StemMaxPool2d, atrous_convs
 from utils.errors import ConfigError
 
 Block = type[tv_resnet.BasicBlock] | type[tv_resnet.Bottleneck]
@@ -141,7 +141,7 @@ def resnet_d(block: Block, depths: Sequence[int], *, width: float = 1.0, pretrai
         inplanes = planes * block.expansion
     backbone = ResNetBackbone(stem, layers, inplanes)
     _init_weights(backbone)
-    return backbone
+    return atrous_convs(backbone)
 
 
 def torchvision_resnet(
@@ -162,7 +162,7 @@ def torchvision_resnet(
         model.load_state_dict(state)
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, StemMaxPool2d(kernel_size=3, stride=2, padding=1))  # torchvision's pool, faster
     layers = [model.layer1, model.layer2, model.layer3, model.layer4]
-    return ResNetBackbone(stem, layers, 512 * block.expansion)
+    return atrous_convs(ResNetBackbone(stem, layers, 512 * block.expansion))
 
 
 def weights_file(weights: WeightsEnum) -> Path:

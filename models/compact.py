@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
 from models.backbones import ResNetBackbone
-from models.cpu_ops import OneDNNConv2d, StemMaxPool2d, onednn_convs
+from models.fast_ops import OneDNNConv2d, StemMaxPool2d, onednn_convs
 from models.heads import ClassificationHead, DenseHead, build_head
 from models.multitask import MultiTaskModel
 from optim.groups import head_input_layers

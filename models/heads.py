@@ -12,6 +12,8 @@ from types import MappingProxyType
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from models.fast_ops import atrous_convs
+
 #: The study's ASPP rates at output stride 8 (DeepLab-v3).
 ASPP_RATES = (12, 24, 36)
 
@@ -20,13 +22,16 @@ class StudyASPP(ASPP):
     """torchvision's ASPP with the study's dropout: ``dropout`` after the 1x1 branch and the projection.
 
     torchvision drops 0.5 after the projection only; the study's ``ASPP.py`` used 0.3 in both
-    places, which we keep so results stay comparable.
+    places, which we keep so results stay comparable. The atrous convs are
+    :class:`~models.fast_ops.AtrousConv2d` (same parameters and state keys, the same outputs),
+    which skip the taps that read only padding when a rate reaches past the feature map.
     """
 
     def __init__(self, in_channels: int, atrous_rates: Sequence[int], out_channels: int, *, dropout: float) -> None:
         super().__init__(in_channels, atrous_rates, out_channels)
         self.convs[0].append(nn.Dropout(dropout))
         self.project[-1] = nn.Dropout(dropout)
+        atrous_convs(self)
 
 
 class DenseHead(nn.Sequential):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from models.cpu_ops import resize_bilinear
+from models.fast_ops import resize_bilinear
 
 
 class MultiTaskModel(nn.Module):
