@@ -25,7 +25,7 @@ ONNX), so exported and compiled models see the standard operator. Times are one 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import reduce
 
 import torch
@@ -77,19 +77,25 @@ def live_taps(conv: nn.Conv2d, size: Sequence[int]) -> tuple[Tensor, tuple[int, 
 
 
 def atrous_convs(module: nn.Module) -> nn.Module:
-    """``module`` with every dilated ``nn.Conv2d`` inside an :class:`AtrousConv2d` holding the same parameters.
+    """``module`` with every dilated ``nn.Conv2d`` inside an :class:`AtrousConv2d` holding the same parameters."""
+    return _swap_convs(module, AtrousConv2d, lambda conv: type(conv) is nn.Conv2d and any(d > 1 for d in conv.dilation))
 
-    The parameters are moved, not re-initialised, so building a model draws the same random numbers.
+
+def _swap_convs(module: nn.Module, kind: type[nn.Conv2d], wanted: Callable[[nn.Module], bool]) -> nn.Module:
+    """``module`` with each ``wanted`` child (recursively) replaced by a ``kind`` of the same shape.
+
+    The parameters are moved, not re-initialised, so building a model draws the same random
+    numbers and state-dict keys stay those of the replaced conv.
     """
     for name, child in module.named_children():
-        if type(child) is nn.Conv2d and any(d > 1 for d in child.dilation):
-            atrous = skip_init(AtrousConv2d, child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                               padding=child.padding, dilation=child.dilation, groups=child.groups,
-                               bias=child.bias is not None, padding_mode=child.padding_mode)
-            atrous.weight, atrous.bias = child.weight, child.bias
-            setattr(module, name, atrous)
+        if wanted(child):
+            swapped = skip_init(kind, child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                                padding=child.padding, dilation=child.dilation, groups=child.groups,
+                                bias=child.bias is not None, padding_mode=child.padding_mode)
+            swapped.weight, swapped.bias = child.weight, child.bias
+            setattr(module, name, swapped)
         else:
-            atrous_convs(child)
+            _swap_convs(child, kind, wanted)
     return module
 
 
@@ -104,15 +110,8 @@ class OneDNNConv2d(AtrousConv2d):
 
 
 def onednn_convs(module: nn.Module) -> nn.Module:
-    """``module`` with every ``nn.Conv2d`` inside replaced by a :class:`OneDNNConv2d` of the same shape (same state keys)."""
-    for name, child in module.named_children():
-        if type(child) in (nn.Conv2d, AtrousConv2d):
-            setattr(module, name, OneDNNConv2d(
-                child.in_channels, child.out_channels, child.kernel_size, stride=child.stride, padding=child.padding,
-                dilation=child.dilation, groups=child.groups, bias=child.bias is not None, padding_mode=child.padding_mode))
-        else:
-            onednn_convs(child)
-    return module
+    """``module`` with every ``nn.Conv2d`` (and AtrousConv2d) inside a :class:`OneDNNConv2d` holding the same parameters."""
+    return _swap_convs(module, OneDNNConv2d, lambda conv: type(conv) in (nn.Conv2d, AtrousConv2d))
 
 
 class StemMaxPool2d(nn.MaxPool2d):
