@@ -3,9 +3,9 @@
 :func:`compact` turns a sparse :class:`~models.multitask.MultiTaskModel` (ResNet-D or
 torchvision backbone, ASPP and attribute heads) into a :class:`CompactModel` whose eval-mode
 outputs equal the sparse model's up to float rounding, with fewer parameters, FLOPs and
-activations. The compact model is for inference only: the backbone's BatchNorm layers (their
-running statistics, with the folded constants) are folded into the convolutions' weights and
-biases, one op less per layer; the heads keep theirs.
+activations. The compact model is for inference only: every BatchNorm layer (its running
+statistics, with the folded constants in the backbone) is folded into the convolution before it,
+weights and bias, one op less per layer.
 
 What is removed, tensor by tensor (every conv is followed by BatchNorm in the backbone):
 
@@ -50,14 +50,17 @@ would only add a dependency and a second source of truth.
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models import resnet as tv_resnet
 
 from models.backbones import ResNetBackbone
@@ -68,9 +71,9 @@ from optim.groups import head_input_layers
 from utils import checkpoint as ckpt
 from utils.errors import DataError
 
-#: Marks a compact-model file; ``VERSION`` changes when the spec's layout does.
+#: Marks a compact-model file; ``VERSION`` changes when the layout of the spec or the state_dict does.
 FORMAT = "gsmtl-compact"
-VERSION = 2
+VERSION = 3
 
 Spec = dict[str, Any]
 
@@ -144,19 +147,38 @@ class GatheredHead(nn.Module):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__()
-        self.head = onednn_convs(build_head(spec["kind"], spec["in_channels"], spec["out_channels"],
-                                             head_channels=spec["head_channels"]))
+        head = build_head(spec["kind"], spec["in_channels"], spec["out_channels"], head_channels=spec["head_channels"])
+        self.head = onednn_convs(_fold_batchnorm(head))  # the structure; the values come with the state_dict
         self.register_buffer("index", _index(spec["index"]), persistent=False)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.head(features if self.index is None else features.index_select(1, self.index))
 
 
+def _fold_batchnorm(head: nn.Module) -> nn.Module:
+    """``head`` with each BatchNorm2d that directly follows a Conv2d in a Sequential folded into it (in place).
+
+    The conv takes the BatchNorm's eval-mode affine map (running statistics; computed in float64)
+    into its weight and a bias; the BatchNorm becomes an ``nn.Identity``, so its state keys go.
+    """
+    for sequence in [m for m in head.modules() if isinstance(m, nn.Sequential)]:
+        for (_, conv), (name, bn) in pairwise(list(sequence.named_children())):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                dtype = conv.weight.dtype
+                weight, bias = fuse_conv_bn_weights(
+                    conv.weight.detach().double(), None if conv.bias is None else conv.bias.detach().double(),
+                    bn.running_mean.double(), bn.running_var.double(), bn.eps, bn.weight.detach().double(),
+                    bn.bias.detach().double())
+                conv.weight, conv.bias = nn.Parameter(weight.to(dtype)), nn.Parameter(bias.to(dtype))
+                setattr(sequence, name, nn.Identity())
+    return head
+
+
 class CompactModel(MultiTaskModel):
     """The compact model of ``spec``: ``forward(images, tasks=None)`` as :class:`MultiTaskModel`'s.
 
-    Built in eval mode (the heads' BatchNorm use their running statistics). ``spec`` is plain
-    data; the weights come from ``load_state_dict``.
+    Built in eval mode, every BatchNorm folded into its conv. ``spec`` is plain data; the weights
+    come from ``load_state_dict``.
     """
 
     def __init__(self, spec: Spec) -> None:
@@ -454,10 +476,10 @@ def _plan(model: nn.Module) -> tuple[Spec, dict[str, Tensor]]:
     heads_spec = {}
     for task, head in model.heads.items():
         reads = head_reads[task]
-        head_state = head.state_dict()
+        gathered = copy.deepcopy(head).eval()
         for name, layer in readers[task]:
-            head_state[f"{name}.weight"] = layer.weight.detach()[:, _kept(reads)].clone()
-        state.update({f"heads.{task}.head.{key}": value for key, value in head_state.items()})
+            gathered.get_submodule(name).weight = nn.Parameter(layer.weight.detach()[:, _kept(reads)].clone())
+        state.update({f"heads.{task}.head.{key}": value for key, value in _fold_batchnorm(gathered).state_dict().items()})
         heads_spec[task] = {**_head_kind(task, head), "in_channels": int(reads.sum()), "reads": _kept(reads),
                             "index": _positions(reads, features)}
     spec = {

@@ -77,8 +77,8 @@ def params(model: nn.Module) -> int:
 
 
 def folded(model: nn.Module, within: nn.Module | None = None) -> int:
-    """Backbone BatchNorm channels (of ``within`` only, when given): their γ and β become one conv bias in the compact model."""
-    return sum(m.num_features for m in (within or model.backbone).modules() if isinstance(m, nn.BatchNorm2d))
+    """BatchNorm channels, backbone and heads (of ``within`` only, when given): their γ and β become one conv bias in the compact model."""
+    return sum(m.num_features for m in (within or model).modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def flops(model: nn.Module, size: tuple[int, int] = SIZE) -> int:
@@ -410,3 +410,13 @@ def test_cli_refuses_a_checkpoint_with_nan_weights(trial_folder, capsys: pytest.
     assert error == [f"error: checkpoint '{folder / 'checkpoint.pt'}': 'backbone.layer1.0.conv1.weight' holds NaN/Inf "
                      "(a diverged run); expected finite weights to compact"]
     assert not (folder / "compact_checkpoint.pt").exists()
+
+
+def test_every_batchnorm_is_folded_and_the_sparse_model_is_left_alone() -> None:
+    model = make_model()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    small = compact(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in small.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.heads.modules())
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert_exact(model, small)
