@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from utils import cli
 from utils.cli import main_guard
@@ -30,11 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp_name", required=True,
                         help="experiment name as in the trial folders' names (as typed; trailing '_' kept), or a path ending in it")
-    parser.add_argument("--num_trials", type=int, default=None, help="evaluate trials 0..N-1 (default: every trial found)")
-    parser.add_argument("--runs_dir", action="append", default=None, metavar="DIR",
+    parser.add_argument("--num_trials", type=cli.int_at_least(1), default=None, help="evaluate trials 0..N-1 (default: every trial found)")
+    parser.add_argument("--runs_dir", action="append", type=cli.path_arg, default=None, metavar="DIR",
                         help="folder holding the trial folders, searched one level deep; repeatable "
                              "(default: runs/ and the checkpoint_folder of every YAML under config/)")
-    parser.add_argument("--data_dir", default=None, help="dataset root, when it moved since training (default: the stored one)")
+    parser.add_argument("--data_dir", type=cli.path_arg, default=None, help="dataset root, when it moved since training (default: the stored one)")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate (default: test)")
     parser.add_argument("--baseline", nargs="+", default=[], metavar="CSV",
                         help="single-task <exp>_trials.csv tables; adds delta_m and delta_m_<task> (%%)")
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoints", choices=("per_task", "global"), default="per_task",
                         help="test each task with its own best checkpoint (default) or every task with checkpoint.pt (the study's NYU script)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default: auto)")
-    parser.add_argument("--out_dir", default="out_csv", help="where the tables go (default: out_csv)")
+    parser.add_argument("--out_dir", type=cli.path_arg, default="out_csv", help="where the tables go (default: out_csv)")
     return parser.parse_args(argv)
 
 
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         from engine import artifacts
         from engine.evaluate import evaluate_experiment
         from utils import report
+        from utils.errors import DataError
 
+        for folder in args.runs_dir if Path(args.exp_name).parent == Path(".") and args.runs_dir else ():
+            if not folder.is_dir():  # a path in --exp_name searches its own folder only
+                what = "is not a folder" if folder.exists() else "folder not found"
+                raise DataError(f"--runs_dir '{folder}': {what}; expected the folder holding the trial folders")
         runs_dirs = args.runs_dir or artifacts.default_runs_dirs()
         result = evaluate_experiment(
             args.exp_name, runs_dirs=runs_dirs, num_trials=args.num_trials, split=args.split,

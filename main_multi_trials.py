@@ -19,7 +19,6 @@ import argparse
 import logging
 import shlex
 import sys
-from pathlib import Path
 
 from utils import cli
 from utils.cli import EXIT_FAILED, main_guard
@@ -35,18 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trial", type=int, default=None,
                         help="run only trial N (0-based), e.g. one job of a job array; the CSV collects finished trials")
     launch = parser.add_argument_group("many trials at once (submitit)")
-    launch.add_argument("--launcher", choices=("none", "submitit"), default="none",
-                        help="'submitit': every trial of the experiment (and every λ of a sweep) as its own job (default: none, in this process)")
-    launch.add_argument("--cluster", choices=("local", "slurm"), default="local",
-                        help="where submitit runs the jobs: local processes, or a Slurm job array (default: local)")
-    launch.add_argument("--slurm_partition", default=None, help="Slurm partition of the jobs")
-    launch.add_argument("--gpus_per_trial", type=int, default=0, help="GPUs per job (default: 0)")
-    launch.add_argument("--cpus_per_trial", type=int, default=None, help="CPUs per job (default: the cluster's)")
-    launch.add_argument("--timeout_min", type=int, default=1440, help="time limit of a job in minutes; a timed-out job is requeued and resumes (default: 1440)")
-    launch.add_argument("--array_parallelism", type=int, default=64, help="Slurm jobs of the array running at once (default: 64)")
-    launch.add_argument("--submitit_folder", default="submitit_logs", help="folder of the jobs' logs and pickles (default: submitit_logs)")
-    launch.add_argument("--no_wait", action="store_true",
-                        help="return after submitting; collect the tables later with get_outputs.py or by rerunning the command")
+    cli.add_launch_flags(launch, launcher_help="'submitit': every trial of the experiment (and every λ of a sweep) as its own job "
+                         "(default: none, in this process)")
     return parser.parse_args(argv)
 
 
@@ -61,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         config.check_paths(cfg)
         if args.trial is not None:
             config.check_trial(cfg, args.trial)
+        if args.launcher == "submitit":
+            config.writable_folder(args.submitit_folder, "--submitit_folder")
         from engine import distributed, sweep, trials  # heavy imports only once the config is known to be valid
         from engine.trainer import Interrupted
 
@@ -103,7 +94,7 @@ def _launch(cfg, args: argparse.Namespace) -> int:
     from utils import report
 
     options = launcher.LaunchOptions(
-        cluster=args.cluster, folder=Path(args.submitit_folder), partition=args.slurm_partition,
+        cluster=args.cluster, folder=args.submitit_folder, partition=args.slurm_partition,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, timeout_min=args.timeout_min,
         array_parallelism=args.array_parallelism, wait=not args.no_wait,
     )

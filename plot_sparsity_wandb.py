@@ -110,6 +110,10 @@ def trial_figures(folder: Path, *, checkpoint: str | None = None) -> dict[str, P
 
     Everything is read and checked first, so a broken file leaves no figure half-made.
     """
+    for name in (SPARSITY_PNG, CURVES_PNG):
+        problem = io.file_problem(folder / name)
+        if problem is not None:
+            raise DataError(f"figure '{folder / name}' cannot be written: {problem}; expected a place for a PNG file")
     cfg = artifacts.offline_config(folder)
     trial = build_trial(cfg)
     panels = sparsity_panels(trial, folder, checkpoint)
@@ -138,12 +142,12 @@ def log_figures(folder: Path, paths: dict[str, Path], *, mode: str, directory: s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp_folder_path", required=True, help="a trial folder (holding config_file.yaml and checkpoints)")
+    parser.add_argument("--exp_folder_path", required=True, type=cli.path_arg, help="a trial folder (holding config_file.yaml and checkpoints)")
     parser.add_argument("--checkpoint", default=None,
                         help="plot only this checkpoint file of the folder (default: the global best and each task's best)")
     parser.add_argument("--wandb", choices=("offline", "online", "disabled"), default="offline",
                         help="wandb mode (default: offline; WANDB_MODE wins)")
-    parser.add_argument("--wandb_dir", default=None, help="folder of the wandb run files (default: the trial folder's parent)")
+    parser.add_argument("--wandb_dir", type=cli.path_arg, default=None, help="folder of the wandb run files (default: the trial folder's parent)")
     return parser.parse_args(argv)
 
 

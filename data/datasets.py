@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 #: Seeds the validation hold-out; fixed, not the trial seed, so all trials share one split.
 SPLIT_SEED = 0
 HOLDOUT_FRACTION = 0.1
-SYNTHETIC_MARKER = ".synthetic.json"
 
 _LAYOUTS: dict[str, ModuleType] = {nyud.NAME: nyud, mtan.NAME: mtan}
 
@@ -263,7 +262,11 @@ def _ensure_synthetic(root: Path, spec: SyntheticConfig, *, key: str = "data_dir
     interrupted or failed run never leaves a half-written dataset (the temporary folder is
     removed) and concurrent runs do not collide. Bad settings and paths fail before any write.
     """
-    from data.synthetic import make_nyud  # not at the top: `python -m data.synthetic` warns if `data` imported it
+    from data.synthetic import (  # not at the top: `python -m data.synthetic` warns if `data` imported it
+        SYNTHETIC_MARKER,
+        make_nyud,
+        stamp,
+    )
 
     wanted = spec.model_dump()
     if _find_layout(root) is not None:
@@ -286,7 +289,7 @@ def _ensure_synthetic(root: Path, spec: SyntheticConfig, *, key: str = "data_dir
     log.info("generating a synthetic NYUD_MT dataset %s in %s", wanted, root)
     try:
         make_nyud(partial, num_images=spec.num_images, height=spec.height, width=spec.width, seed=spec.seed)
-        (partial / SYNTHETIC_MARKER).write_text(json.dumps(wanted), encoding="utf-8")
+        stamp(partial, wanted)
     except BaseException:  # Ctrl-C, a full disk, a bug: no partial folder stays behind
         shutil.rmtree(partial, ignore_errors=True)
         raise

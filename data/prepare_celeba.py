@@ -82,14 +82,20 @@ class Problem:
     excluded: int | None = None
 
 
+#: Bad inputs named in the one error line (``--skip-bad`` lists every one).
+_SHOWN = 3
+
+
 class BadInputs(DataError):
     """The raw copy has bad inputs and ``--skip-bad`` was not given; ``problems`` lists them."""
 
     def __init__(self, raw: Path, problems: Sequence[Problem]):
         self.problems = [problem.message for problem in problems]
+        shown = "; ".join(self.problems[:_SHOWN])
+        more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         super().__init__(
-            f"{len(problems)} bad input(s) under '{raw}', first: {self.problems[0]}; "
-            "fix them or rerun with --skip-bad to leave them out"
+            f"{len(problems)} bad input(s) under '{raw}': {shown}{more}; "
+            "fix them, or rerun with --skip-bad to leave them out (it lists each)"
         )
 
 
@@ -316,12 +322,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--raw", type=Path, required=True, help="the release: CelebA-HQ-img/, CelebAMask-HQ-mask-anno/, the attribute file"
+        "--raw", type=cli.path_arg, required=True, help="the release: CelebA-HQ-img/, CelebAMask-HQ-mask-anno/, the attribute file"
     )
-    parser.add_argument("--out", type=Path, required=True, help="where the formatted copy goes")
+    parser.add_argument("--out", type=cli.path_arg, required=True, help="where the formatted copy goes")
     parser.add_argument("--size", type=int, default=256,
                         help=f"side of the square outputs, 1 to {MAX_SIZE} (the release's image side; default 256)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default min(4, CPUs); 1 = no pool)")
+    parser.add_argument("--workers", type=cli.int_at_least(1), default=None, help="worker processes (default min(4, CPUs); 1 = no pool)")
     parser.add_argument("--skip-bad", action="store_true", help="leave bad inputs out (counted) instead of stopping")
     parser.add_argument("--seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of the 80/10/10 split (default 0)")
     return parser
@@ -333,23 +339,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().error(f"--size must be 1 to {MAX_SIZE} (the release's images are {MAX_SIZE}x{MAX_SIZE}), got {args.size}")
     if args.seed < 0:  # numpy's generators take non-negative seeds only
         _parser().error(f"--seed must be a non-negative integer, got {args.seed}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def body() -> None:
         report = prepare(args.raw, args.out, size=args.size, workers=args.workers, skip_bad=args.skip_bad, seed=args.seed)
-    except BadInputs as error:
-        for message in error.problems:
-            print(f"bad input: {message}", file=sys.stderr)
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for message in report.bad:
-        print(f"skipped: {message}", file=sys.stderr)
-    sizes = ", ".join(f"{name} {count}" for name, count in report.split_sizes.items())
-    print(f"prepared {report.prepared}, already done {report.done}, bad {len(report.bad)} -> {report.out}")
-    print(f"split ({report.split_source}): {sizes}")
-    return 0
+        for message in report.bad:
+            print(f"skipped: {message}", file=sys.stderr)
+        sizes = ", ".join(f"{name} {count}" for name, count in report.split_sizes.items())
+        print(f"prepared {report.prepared}, already done {report.done}, bad {len(report.bad)} -> {report.out}")
+        print(f"split ({report.split_source}): {sizes}")
+
+    # One line for bad inputs too (the count and the first few); --skip-bad lists every one it leaves out.
+    return cli.main_guard(body)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Command line: ``python -m data.synthetic --out DIR [--layout nyud|mtan] [--num-i
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 
 from utils import cli
 from utils.config import MAX_IMAGE_SIDE
-from utils.io import folder_problem
+from utils.io import folder_problem, foreign_folder_problem, write_json
 
 log = logging.getLogger(__name__)
 
@@ -551,12 +552,20 @@ def make_mtan(
 
 
 _MAKERS: dict[str, Callable[..., Path]] = {"nyud": make_nyud, "mtan": make_mtan}
+#: The stamp a generator leaves in its folder (JSON: its settings). A folder holding it may be written
+#: over; any other non-empty folder is refused, so ``--out`` can never overwrite real data.
+SYNTHETIC_MARKER = ".synthetic.json"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def stamp(root: Path, settings: dict[str, object]) -> None:
+    """Mark ``root`` as a generator's output (written last: a folder without it is not finished)."""
+    write_json(root / SYNTHETIC_MARKER, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Command line: generate a dataset folder."""
     parser = cli.ArgumentParser(prog="python -m data.synthetic", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--out", type=cli.path_arg, required=True, help="dataset folder to write (new, empty, or an earlier one)")
     parser.add_argument("--layout", choices=sorted(_MAKERS), default="nyud")
     parser.add_argument("--num-images", type=int, default=600)
     parser.add_argument("--height", type=int, default=96)
@@ -569,15 +578,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if problem is not None:  # argparse's exit code 2 and one line, before anything is written
         parser.error(f"--{problem[0].replace('_', '-')} {problem[1]}")
-    problem = folder_problem(args.out)
+    problem = folder_problem(args.out) or foreign_folder_problem(args.out, (SYNTHETIC_MARKER,))
     if problem is not None:
         parser.error(f"--out '{args.out}': {problem}; expected a folder to write the dataset into")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _MAKERS[args.layout](
-        args.out, num_images=args.num_images, height=args.height, width=args.width,
-        seed=args.seed, test_fraction=args.test_fraction,
-    )
+
+    def body() -> None:
+        settings = dict(num_images=args.num_images, height=args.height, width=args.width, seed=args.seed,
+                        test_fraction=args.test_fraction)
+        stamp(_MAKERS[args.layout](args.out, **settings), {"layout": args.layout, **settings})
+
+    return cli.main_guard(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

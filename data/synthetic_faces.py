@@ -33,7 +33,9 @@ from data.prepare_celeba import (
     image_name,
     raw_mask_path,
 )
+from data.synthetic import SYNTHETIC_MARKER, stamp
 from utils import cli
+from utils.io import folder_problem, foreign_folder_problem
 
 #: Images in CelebA, and the first file number of its val and test partitions (1-based).
 CELEBA_SIZE = 202599
@@ -356,7 +358,7 @@ def celeba_partition(file_number: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="python -m data.synthetic_faces", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for the raw-layout copy")
+    parser.add_argument("--out", type=cli.path_arg, required=True, help="folder for the raw-layout copy (new, empty, or an earlier one)")
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--mask-size", type=int, default=64)
@@ -365,12 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.num_images, args.image_size, args.mask_size) < 1:
         parser.error("--num-images, --image-size and --mask-size must be positive")
-    root = make_celeba_raw(
-        args.out, num_images=args.num_images, image_size=args.image_size, mask_size=args.mask_size,
-        seed=args.seed, with_mapping=args.with_mapping, progress=True,
-    )
-    print(f"wrote {args.num_images} synthetic faces in the CelebAMask-HQ raw layout to {root}")
-    return 0
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed}: expected a non-negative integer")
+    problem = folder_problem(args.out) or foreign_folder_problem(args.out, (SYNTHETIC_MARKER,))
+    if problem is not None:  # before anything is written
+        parser.error(f"--out '{args.out}': {problem}; expected a folder to write the raw-layout copy into")
+
+    def body() -> None:
+        settings = dict(num_images=args.num_images, image_size=args.image_size, mask_size=args.mask_size,
+                        seed=args.seed, with_mapping=args.with_mapping)
+        root = make_celeba_raw(args.out, **settings, progress=True)
+        stamp(root, {"layout": "celeba_raw", **settings})
+        print(f"wrote {args.num_images} synthetic faces in the CelebAMask-HQ raw layout to {root}")
+
+    return cli.main_guard(body)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ optimizer object) through :func:`utils.checkpoint.load_untrusted` and
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -296,9 +297,12 @@ def find_trials(exp_name: str, *, runs_dirs: Sequence[str | Path], num_trials: i
         raise DataError(f"no trial folders '{name}_trial_<i>' or '{name}trial_<i>' in {where} or their sub-folders; "
                         "check --exp_name and --runs_dir")
     wanted = sorted(found) if num_trials is None else range(num_trials)
-    missing = [i for i in wanted if i not in found]
+    # Counted, not listed: a huge --num_trials must not loop (len() of such a range overflows, too).
+    missing = (len(found) if num_trials is None else num_trials) - sum(1 for i in found if i in wanted)
     if missing:
-        raise DataError(f"trial(s) {missing} of '{name}' not found in {where} (found trials {sorted(found)}); "
+        first = list(itertools.islice((i for i in wanted if i not in found), 10))
+        shown = f"trial(s) {first}" if missing <= len(first) else f"{missing} trials (the first {first})"
+        raise DataError(f"{shown} of '{name}' not found in {where} (found trials {sorted(found)}); "
                         "lower --num_trials or train them")
     for index in wanted:
         if len(found[index]) > 1:

@@ -28,7 +28,7 @@ from models.compact import compact
 from models.multitask import MultiTaskModel
 from optim import sparsity
 from utils import report
-from utils.config import ExperimentConfig, writable_folder
+from utils.config import ExperimentConfig, check_tables, writable_folder
 from utils.errors import DataError
 
 log = logging.getLogger("gsmtl")
@@ -138,6 +138,11 @@ def evaluate_experiment(
     configs = {index: resolve(artifacts.load_trial_config(folder, data_dir=data_dir, device=device))
                for index, folder in folders.items()}
     first = next(iter(configs.values()))
+    name = Path(exp_name).name + ("" if split == "test" else f"_{split}")
+    if name == first.Experiment_name:
+        name = f"{name}_eval"
+    check_tables(out_dir, [f"{name}.csv", f"{name}_trials.csv"] + ([f"{name}_study.csv"] if columns == "study" else []),
+                 "--out_dir")
     reference, directions = _baseline(baselines, first.task_list)
     built: dict[tuple, data.Splits] = {}  # trials of one experiment share their data: decode it once
     rows = []
@@ -150,9 +155,6 @@ def evaluate_experiment(
         rows.append(report.trial_row(evaluate_trial(folder, cfg, built[key], split=split, per_task=per_task), trial=index))
     if reference:
         rows = [{**row, **report.delta_m(row, reference, directions)} for row in rows]
-    name = Path(exp_name).name + ("" if split == "test" else f"_{split}")
-    if name == first.Experiment_name:
-        name = f"{name}_eval"
     summary_path, trials_path = report.write_tables(rows, out_dir=out_dir, name=name)
     study_path = None
     if columns == "study":

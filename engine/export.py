@@ -32,9 +32,9 @@ from engine.trial import build_trial
 from models.compact import compact, save
 from utils import cli
 from utils.cli import main_guard
-from utils.config import ExperimentConfig, writable_folder
+from utils.config import ExperimentConfig
 from utils.errors import ConfigError, DataError
-from utils.io import write_bytes
+from utils.io import file_problem, write_bytes
 
 #: Largest accepted output difference, relative to the largest output of the task.
 TOLERANCE = 1e-4
@@ -127,9 +127,9 @@ def _table(rows: list[list[str]]) -> str:
 
 def _writable_file(path: Path, flag: str) -> None:
     """Refuse, before the measuring, an output path that is a folder or whose folder cannot be made or written."""
-    writable_folder(path.parent, flag)
-    if path.is_dir():
-        raise ConfigError(f"{flag} '{path}' is a folder; expected a file name to write into")
+    problem = file_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{flag} '{path}' cannot be written: {problem}; expected a file name to write into")
 
 
 def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None) -> int:
@@ -177,7 +177,11 @@ def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None)
         return 1
     save(small, out)
     if data is not None:
-        write_bytes(onnx_path, data)
+        try:
+            write_bytes(onnx_path, data)
+        except BaseException:
+            out.unlink(missing_ok=True)  # both files or neither
+            raise
     print(f"\nwrote {out}" + ("" if data is None else f" and {onnx_path}"))
     return 0
 
@@ -185,11 +189,11 @@ def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="python -m models.compact", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp_folder_path", required=True, type=Path, help="the trial folder (holds config_file.yaml)")
+    parser.add_argument("--exp_folder_path", required=True, type=cli.path_arg, help="the trial folder (holds config_file.yaml)")
     parser.add_argument("--checkpoint", default=artifacts.GLOBAL_CHECKPOINT,
                         help=f"checkpoint file in the folder (default: {artifacts.GLOBAL_CHECKPOINT}; or <task>_checkpoint.pt)")
-    parser.add_argument("--out", type=Path, default=None, help="compact model file (default: <folder>/compact_<checkpoint>)")
-    parser.add_argument("--onnx", type=Path, default=None, help="also write the compact model as ONNX and check it with ONNX Runtime")
+    parser.add_argument("--out", type=cli.path_arg, default=None, help="compact model file (default: <folder>/compact_<checkpoint>)")
+    parser.add_argument("--onnx", type=cli.path_arg, default=None, help="also write the compact model as ONNX and check it with ONNX Runtime")
     return parser.parse_args(argv)
 
 

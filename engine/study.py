@@ -353,14 +353,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="study YAML file (config/study_NYU.yaml, config/study_demo.yaml, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an experiment key of every cell, dotted for nested keys (e.g. --set data_dir_NYU=/data/NYUD_MT); repeatable")
-    parser.add_argument("--launcher", choices=("none", "submitit"), default="none",
-                        help="'submitit': every unfinished trial of every cell as a job (main_multi_trials.py's launcher flags)")
-    parser.add_argument("--cluster", choices=("local", "slurm"), default="local", help="where submitit runs the jobs (default: local)")
-    parser.add_argument("--slurm_partition", default=None, help="Slurm partition of the jobs")
-    parser.add_argument("--gpus_per_trial", type=int, default=0, help="GPUs per job (default: 0)")
-    parser.add_argument("--timeout_min", type=int, default=1440, help="time limit of a job in minutes (requeued and resumed)")
-    parser.add_argument("--submitit_folder", default="submitit_logs", help="folder of the jobs' logs (default: submitit_logs)")
-    parser.add_argument("--no_wait", action="store_true", help="return after submitting; rerun the command to tabulate")
+    cli.add_launch_flags(parser, launcher_help="'submitit': every unfinished trial of every cell as a job (default: none)")
     return parser.parse_args(argv)
 
 
@@ -372,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
 
         study = load(args.config, args.overrides)
         config.check_paths(study.base, out_dir=study.out_dir)
+        if args.launcher == "submitit":
+            config.writable_folder(args.submitit_folder, "--submitit_folder")
         from engine.trainer import Interrupted  # heavy imports only once the study is known to be valid
         from utils import study_report
 
@@ -379,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.launcher == "submitit":
             from engine.launcher import LaunchOptions
 
-            launch = LaunchOptions(cluster=args.cluster, folder=Path(args.submitit_folder), partition=args.slurm_partition,
-                                   gpus_per_trial=args.gpus_per_trial, timeout_min=args.timeout_min, wait=not args.no_wait)
+            launch = LaunchOptions(cluster=args.cluster, folder=args.submitit_folder, partition=args.slurm_partition,
+                                   gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                                   timeout_min=args.timeout_min, array_parallelism=args.array_parallelism,
+                                   wait=not args.no_wait)
         with StopOnSignal() as stop:
             try:
                 outputs = run(study, stop=stop.requested, launch=launch)

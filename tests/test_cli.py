@@ -106,3 +106,53 @@ def test_a_bad_flag_is_one_error_line_and_exit_2(command: list[str]) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("--help)")
     assert "--no-such-flag" in lines[0] or "arguments are required" in lines[0]
+
+
+@pytest.mark.parametrize("command", [
+    ["main_multi_trials.py", "--timeout_min", "-5"],
+    ["main_multi_trials.py", "--gpus_per_trial", "-2"],
+    ["main_multi_trials.py", "--array_parallelism", "0"],
+    ["main_multi_trials.py", "--cpus_per_trial", "0"],
+    ["-m", "engine.study", "--config", "config/study_demo.yaml", "--timeout_min", "0"],
+    ["get_outputs.py", "--exp_name", "x", "--num_trials", "0"],
+    ["get_outputs.py", "--exp_name", "x", "--out_dir", ""],
+    ["-m", "data.synthetic", "--out", ""],
+    ["-m", "data.synthetic_faces", "--out", "{tmp}/faces", "--seed", "-1"],
+    ["-m", "data.prepare_celeba", "--raw", "{tmp}/raw", "--out", "{tmp}/out", "--workers", "0"],
+    ["-m", "models.compact", "--exp_folder_path", ""],
+], ids=lambda command: " ".join(command))
+def test_a_bad_flag_value_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, command: list[str]) -> None:
+    command = [part.format(tmp=tmp_path) for part in command]
+    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [
+    ["-m", "data.synthetic", "--num-images", "4", "--height", "16", "--width", "16"],
+    ["-m", "data.synthetic_faces", "--num-images", "2", "--image-size", "16", "--mask-size", "16"],
+], ids=["data.synthetic", "data.synthetic_faces"])
+def test_a_generator_writes_over_its_own_output_only(tmp_path: Path, command: list[str]) -> None:
+    """Not among someone's files, nor into a real dataset (which has the same sub-folders)."""
+    def generate(out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *command, "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+
+    for name in ("gt_sets", "CelebA-HQ-img"):
+        (tmp_path / "real" / name).mkdir(parents=True)
+    result = generate(tmp_path / "real")
+    assert result.returncode == 2 and "non-empty folder that holds no dataset" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["CelebA-HQ-img", "gt_sets"]
+    assert sorted(p.name for p in (tmp_path / "real" / "gt_sets").iterdir()) == []
+    assert generate(tmp_path / "mine").returncode == 0 and (tmp_path / "mine" / ".synthetic.json").is_file()
+    assert generate(tmp_path / "mine").returncode == 0, "a rerun writes over the generator's own output"
+
+
+def test_submitit_folder_is_checked_before_anything_is_submitted(tmp_path: Path) -> None:
+    blocker = tmp_path / "logs"
+    blocker.write_text("not a folder")
+    result = run_cli("--config_exp", "config/demo_synthetic.yaml", "--launcher", "submitit", "--submitit_folder", f"{blocker}/x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --submitit_folder: '{blocker}/x' cannot be written")

@@ -263,6 +263,16 @@ class ExperimentConfig(_Section):
     def _lowercase(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("input_shape", mode="before")
+    @classmethod
+    def _image_sides(cls, value: Any) -> Any:
+        """One message for both forms (pydantic would report the first member of the union only)."""
+        pair = isinstance(value, (list, tuple))
+        sides = list(value) if pair else [value]
+        if (pair and len(sides) != 2) or not all(type(s) is int and 0 < s <= MAX_IMAGE_SIDE for s in sides):
+            raise ValueError(f"expected one side or [height, width], integers from 1 to {MAX_IMAGE_SIDE} (got {value!r})")
+        return value
+
     @field_validator("num_trials")
     @classmethod
     def _at_least_one_trial(cls, value: int) -> int:
@@ -408,9 +418,15 @@ def check_paths(cfg: ExperimentConfig, *, out_dir: str | Path = "out_csv") -> No
         folders[f"config key 'data_dir_{cfg.dataset_name}' (generated)"] = cfg.data_dir
     for what, folder in folders.items():
         writable_folder(Path(folder).expanduser(), what)
-    for table in (Path(out_dir) / f"{cfg.Experiment_name}.csv", Path(out_dir) / f"{cfg.Experiment_name}_trials.csv"):
+    check_tables(out_dir, [f"{cfg.Experiment_name}.csv", f"{cfg.Experiment_name}_trials.csv"], "the tables' folder")
+
+
+def check_tables(out_dir: str | Path, names: Iterable[str], what: str) -> None:
+    """Raise ConfigError when a table about to be written in ``out_dir`` would replace a folder."""
+    for name in names:
+        table = Path(out_dir) / name
         if table.is_dir():
-            raise ConfigError(f"the tables' folder: '{table}' is a folder; expected the place of a table (move it away)")
+            raise ConfigError(f"{what}: '{table}' is a folder; expected the place of a table (move it away)")
 
 
 def check_trial(cfg: ExperimentConfig, trial: int) -> None:

@@ -32,6 +32,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # named after the target, not the hidden temporary file (a full disk names none)
+        Path(tmp).unlink(missing_ok=True)
+        raise type(error)(error.errno, error.strerror, str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -86,13 +89,50 @@ def _umask() -> int:
 
 def folder_problem(path: Path | str) -> str | None:
     """Why ``path`` cannot become a folder to write into (it or a parent is not a folder, or the
-    folder to write into is read-only); None if it can. Asked before anything is written, so a
-    wrong output path is one line and leaves nothing behind; callers add the flag or key."""
-    path = Path(path)
+    nearest existing folder refuses a new file); None if it can. Asked before anything is
+    written, so a wrong output path is one line and leaves nothing behind; callers add the flag
+    or key. Writability is probed with a temporary file, not ``os.access``: as root, access()
+    says yes to ``/proc``, ``/sys`` and read-only mounts."""
+    return _folder_problem(Path(path), "it")
+
+
+def _folder_problem(path: Path, name: str) -> str | None:
+    """:func:`folder_problem`, calling ``path`` itself ``name``."""
     for folder in (path, *path.parents):
-        which = "it" if folder == path else f"its parent '{folder}'"
+        which = name if folder == path else f"its parent '{folder}'"
         if folder.is_dir():
-            return None if os.access(folder, os.W_OK | os.X_OK) else f"{which} is not writable"
+            return None if _accepts_files(folder) else f"{which} is not writable"
         if folder.exists() or folder.is_symlink():
             return f"{which} exists and is not a folder"
     return None
+
+
+def file_problem(path: Path | str) -> str | None:
+    """Why a file cannot be written at ``path`` (see :func:`folder_problem`); None if it can."""
+    path = Path(path)
+    if path.name in ("", "..", "."):
+        return "it is not a file name"
+    if path.is_dir():
+        return "it is a folder"
+    return _folder_problem(path.parent, f"its folder '{path.parent}'")
+
+
+def foreign_folder_problem(path: Path | str, markers: tuple[str, ...]) -> str | None:
+    """Why a generator must not write into ``path``: it is a non-empty folder holding none of ``markers``
+    (what an earlier run of the same generator leaves), so a typo such as ``--out /`` or ``--out ~``
+    never scatters a dataset among someone's files; None if it may."""
+    path = Path(path)
+    if not path.is_dir() or any((path / marker).exists() for marker in markers):
+        return None
+    return None if next(path.iterdir(), None) is None else "it is a non-empty folder that holds no dataset of this command"
+
+
+def _accepts_files(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (a probe that is removed at once)."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=_TEMP_SUFFIX)
+    except OSError:
+        return False
+    os.close(handle)
+    Path(probe).unlink(missing_ok=True)
+    return True

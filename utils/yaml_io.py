@@ -151,8 +151,11 @@ def read(path: Any) -> Any:
 
 def read_mapping(path: Path, *, kind: str, missing: str | None = None) -> dict[Any, Any]:
     """A YAML file whose top level maps ``kind`` keys (``"config"``, ``"study"``); ``missing`` words a missing file."""
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(missing or f"{kind} file '{path}' not found; expected a YAML {kind} file")
+    if not path.is_file():
+        raise ConfigError(f"{kind} file '{path}' is {'a folder' if path.is_dir() else 'not a regular file'}; "
+                          f"expected a YAML {kind} file")
     raw = read(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of {kind} keys at the top level")

@@ -15,8 +15,9 @@ import torch
 
 import data
 from data.cache import DenseDataset
-from data.datasets import SYNTHETIC_MARKER, holdout
+from data.datasets import holdout
 from data.nyud import Source
+from data.synthetic import SYNTHETIC_MARKER
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.errors import ConfigError, DataError
 

@@ -185,6 +185,7 @@ def test_mask_without_image_exits_2_and_writes_nothing(raw: Path, tmp_path: Path
     assert run(source, tmp_path / "out") == 2
     error = capsys.readouterr().err
     assert "00003_" in error and "mask without image" in error and "has no image" in error
+    assert len(error.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -11,6 +11,7 @@ import torch
 
 import get_outputs
 import tasks as task_registry
+from engine import evaluate
 from engine.artifacts import default_runs_dirs, find_trials
 from utils import io, report
 from utils.errors import ConfigError, DataError
@@ -119,6 +120,34 @@ def test_missing_trial_exits_2_naming_it(trained, tmp_path: Path, capsys: pytest
     assert error.startswith("error: ") and "trial(s) [2]" in error and "found trials [0, 1]" in error
     assert run(trained, tmp_path, "--exp_name", "no_such_exp_") == 2
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_a_huge_num_trials_is_counted_not_listed(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--num_trials 10^20 once looped over every index it asked for (a hang)."""
+    assert run(trained, tmp_path, "--exp_name", f"{NAME}_", "--num_trials", str(10**20)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{10**20 - 2} trials (the first [2, 3, 4, 5, 6, 7, 8, 9, 10, 11])" in error and "found trials [0, 1]" in error
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--runs_dir", "{tmp}/nowhere"], "--runs_dir '{tmp}/nowhere': folder not found"),
+    (["--out_dir", "{tmp}/blocked"], "'{tmp}/blocked/" + NAME + "_eval_trials.csv' is a folder"),
+], ids=["a --runs_dir that does not exist", "a folder in place of a table"])
+def test_bad_places_exit_2_before_any_trial_is_tested(
+    trained, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str,
+) -> None:
+    def not_yet(*args, **kwargs):
+        raise AssertionError("a trial was tested before the places were checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_trial", not_yet)
+    (tmp_path / "blocked" / f"{NAME}_eval_trials.csv").mkdir(parents=True)
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert get_outputs.main(["--runs_dir", str(trained.runs), "--out_dir", str(tmp_path / "out"), "--device", "cpu",
+                             "--exp_name", NAME, *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and expected.format(tmp=tmp_path) in lines[-1]
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "blocked").glob("*.csv.*"))
+    assert [p.name for p in (tmp_path / "blocked").iterdir()] == [f"{NAME}_eval_trials.csv"]
 
 
 def test_moved_data_needs_data_dir(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -77,6 +77,16 @@ def test_a_wandb_dir_that_is_a_file_is_refused_before_any_png(trained, tmp_path:
     assert not list(folder.glob("*.png"))
 
 
+def test_a_folder_in_place_of_a_figure_is_refused_before_any_png(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = copied_trial(trained, tmp_path)
+    (folder / "training_curves.png").mkdir()
+    assert plot_sparsity_wandb.main(["--exp_folder_path", str(folder), "--wandb", "disabled"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: figure '{folder / 'training_curves.png'}' cannot be written: it is a folder; "
+                       "expected a place for a PNG file")
+    assert not (folder / "sparsity_plot.png").exists()
+
+
 def test_survival_map_marks_alive_zero_and_absent() -> None:
     layers = [plots.LayerChannels("a", np.array([True, False])), plots.LayerChannels("b", np.array([False, True, True]))]
     image = plots.survival_map(layers)
