@@ -57,11 +57,12 @@ def run(
         except NumericalFault as fault:
             if context.is_main:
                 artifacts.mark_failed(artifacts.trial_folder(cfg, index), str(fault))
-            log.error("%s: %s; trial %d marked failed, its last good checkpoints kept", cfg.Experiment_name, fault, index)
-            if cfg.on_trial_failure == "stop":
+            outcome = f"{cfg.Experiment_name}: {fault}; trial {index} marked failed, its last good checkpoints kept"
+            if cfg.on_trial_failure == "stop":  # the command's one error line says it (exit code 1)
                 if context.is_main:
                     write_report(cfg, out_dir=out_dir)
-                raise
+                raise NumericalFault(f"{outcome} (on_trial_failure: stop)") from None
+            log.error("%s", outcome)
     return write_report(cfg, out_dir=out_dir) if context.is_main else []
 
 
@@ -91,7 +92,7 @@ def run_trial(
         trainer = Trainer(trial, folder=folder, logger=logger, stop_requested=stop)
         if state is not None:
             trainer.load_state_dict(state)
-            log.info("trial %d resumes after epoch %d", index, state["epoch"])
+            log.info("trial %d resumes in epoch %d", index, state["epoch"] + 1)
         trainer.fit()
         distributed.barrier(context)  # rank 0 wrote the best checkpoints every rank now tests
         result = test_trial(trial, folder, {"test": trial.loaders["test"], "val": trial.loaders["val"]})

@@ -21,7 +21,7 @@ from typing import NoReturn
 
 from utils.errors import ConfigError, DataError, NumericalFault
 from utils.logging import setup_console
-from utils.signals import EXIT_CODES
+from utils.signals import EXIT_CODES, Aborted
 
 #: Exit code of a user-fixable problem (bad config, missing data): one line, no traceback.
 EXIT_USER_ERROR = 2
@@ -108,8 +108,11 @@ def main_guard(body: Callable[[], int | None]) -> int:
     except NumericalFault as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except Aborted:
         print("aborted (second Ctrl-C); the last complete last.pt is kept", file=sys.stderr)
+        return EXIT_CODES["SIGINT"]
+    except KeyboardInterrupt:  # before training took the signal over (imports, data, evaluation)
+        print("interrupted (Ctrl-C); finished work is kept, rerun the command to go on", file=sys.stderr)
         return EXIT_CODES["SIGINT"]
 
 

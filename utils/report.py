@@ -19,8 +19,13 @@ import pandas as pd
 from utils.errors import DataError
 from utils.io import write_text
 
-#: Which sparsity measures go into the tables, in this order.
-SPARSITY_COLUMNS = ("group_sparsity", "filter_sparsity", "param_sparsity", "nonzero_params", "total_params")
+#: Which sparsity measures go into the tables, in this order, and their table names: the counts are
+#: of the penalised weights only, so they are named so beside the whole compact model's ``params_compact``.
+_SPARSITY_NAMES = MappingProxyType({
+    "group_sparsity": "group_sparsity", "filter_sparsity": "filter_sparsity", "param_sparsity": "param_sparsity",
+    "nonzero_params": "penalised_nonzero_params", "total_params": "penalised_params",
+})
+SPARSITY_COLUMNS = tuple(_SPARSITY_NAMES.values())
 #: Columns that describe a trial rather than measure it.
 META_COLUMNS = ("trial", "status", "reason")
 
@@ -52,9 +57,10 @@ def trial_row(test_dict: Mapping[str, Any], *, trial: int) -> dict[str, Any]:
         for metric, value in metrics.items():
             row[f"{task}_{metric}"] = value
     measures = test_dict.get("sparsity", {})
-    for key in [*SPARSITY_COLUMNS, *sorted(k for k in measures if k.startswith("head_input_sparsity_"))]:
+    heads = {k: k for k in sorted(measures) if k.startswith("head_input_sparsity_")}
+    for key, column in {**_SPARSITY_NAMES, **heads}.items():
         if key in measures:
-            row[key] = measures[key]
+            row[column] = measures[key]
     for key, value in test_dict.get("extra", {}).items():
         row[key] = value
     return row

@@ -2,7 +2,7 @@
 
 Inside :class:`StopOnSignal` neither signal raises in the middle of a step or of a save: the
 handler only records the request, which the trainer polls after each step (then it writes
-``last.pt`` and raises ``Interrupted``). A second Ctrl-C raises KeyboardInterrupt at once; an
+``last.pt`` and raises ``Interrupted``). A second Ctrl-C raises :class:`Aborted` (a KeyboardInterrupt) at once; an
 atomic write interrupted that way removes its temporary file, so the last complete ``last.pt``
 stays. Exit codes follow the shell's convention: 130 for SIGINT, 143 for SIGTERM.
 """
@@ -13,6 +13,10 @@ import signal
 from types import FrameType, TracebackType
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Aborted(KeyboardInterrupt):
+    """The second Ctrl-C: stop at once (a KeyboardInterrupt, so everything that cleans up on one still does)."""
 
 
 class StopOnSignal:
@@ -28,7 +32,7 @@ class StopOnSignal:
     def _handle(self, number: int, frame: FrameType | None) -> None:
         name = signal.Signals(number).name
         if self._signal is not None and name == "SIGINT":
-            raise KeyboardInterrupt
+            raise Aborted
         if self._signal is None:
             self._signal = name
 

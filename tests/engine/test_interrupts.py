@@ -143,7 +143,10 @@ def test_when_every_trial_fails_the_cli_says_so_in_one_line(tmp_path: Path, monk
             file.unlink()
     assert main_multi_trials.main(["--config_exp", "doomed.yaml"]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "non-finite loss of task depth_euclidean" in err
+    faults = [line for line in err.splitlines() if "non-finite loss of task depth_euclidean" in line]
+    assert "Traceback" not in err and len(faults) == 1, "the fault is told once, by the command's error line"
+    assert faults[0].startswith("error: doomed: trial 0, epoch 0, step ")
+    assert faults[0].endswith("trial 0 marked failed, its last good checkpoints kept (on_trial_failure: stop)")
 
 
 @pytest.mark.slow

@@ -71,4 +71,4 @@ def test_a_requeued_job_resumes_its_trial(tmp_path: Path, monkeypatch: pytest.Mo
     folder = artifacts.trial_folder(cfg, 0)
     assert (folder / artifacts.TEST_FILE).is_file()
     log = "".join(path.read_text() for path in (tmp_path / "jobs").glob("*_log.*"))
-    assert "resumes after epoch" in log and "Requeued" in log
+    assert "resumes in epoch" in log and "Requeued" in log

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from utils import cli, io
+from utils.signals import Aborted
 
 
 def test_a_folder_that_refuses_a_file_is_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,3 +94,15 @@ def test_a_reader_closing_the_pipe_early_ends_the_command_quietly() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().startswith("row") and result.stderr == ""
     assert result.returncode == 141
+
+
+@pytest.mark.parametrize(("interrupt", "line"), [
+    (Aborted, "aborted (second Ctrl-C); the last complete last.pt is kept"),
+    (KeyboardInterrupt, "interrupted (Ctrl-C); finished work is kept, rerun the command to go on"),
+], ids=["second Ctrl-C in training", "Ctrl-C before training"])
+def test_main_guard_words_a_ctrl_c_by_when_it_came(capsys: pytest.CaptureFixture, interrupt: type, line: str) -> None:
+    def body() -> None:
+        raise interrupt
+
+    assert cli.main_guard(body) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1:] == [line]
