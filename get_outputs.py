@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from utils import cli
 from utils.cli import main_guard
@@ -55,12 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         from engine import artifacts
         from engine.evaluate import evaluate_experiment
         from utils import report
-        from utils.errors import DataError
 
-        for folder in args.runs_dir if Path(args.exp_name).parent == Path(".") and args.runs_dir else ():
-            if not folder.is_dir():  # a path in --exp_name searches its own folder only
-                what = "is not a folder" if folder.exists() else "folder not found"
-                raise DataError(f"--runs_dir '{folder}': {what}; expected the folder holding the trial folders")
         runs_dirs = args.runs_dir or artifacts.default_runs_dirs()
         result = evaluate_experiment(
             args.exp_name, runs_dirs=runs_dirs, num_trials=args.num_trials, split=args.split,

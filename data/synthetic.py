@@ -557,6 +557,11 @@ _MAKERS: dict[str, Callable[..., Path]] = {"nyud": make_nyud, "mtan": make_mtan}
 SYNTHETIC_MARKER = ".synthetic.json"
 
 
+def out_problem(path: Path) -> str | None:
+    """Why a generator's ``--out`` cannot take its output: not writable, or someone else's non-empty folder."""
+    return folder_problem(path) or foreign_folder_problem(path, (SYNTHETIC_MARKER,))
+
+
 def stamp(root: Path, settings: dict[str, object]) -> None:
     """Mark ``root`` as a generator's output (written last: a folder without it is not finished)."""
     write_json(root / SYNTHETIC_MARKER, settings)
@@ -578,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if problem is not None:  # argparse's exit code 2 and one line, before anything is written
         parser.error(f"--{problem[0].replace('_', '-')} {problem[1]}")
-    problem = folder_problem(args.out) or foreign_folder_problem(args.out, (SYNTHETIC_MARKER,))
+    problem = out_problem(args.out)
     if problem is not None:
         parser.error(f"--out '{args.out}': {problem}; expected a folder to write the dataset into")
 

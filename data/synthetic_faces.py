@@ -33,9 +33,8 @@ from data.prepare_celeba import (
     image_name,
     raw_mask_path,
 )
-from data.synthetic import SYNTHETIC_MARKER, stamp
+from data.synthetic import out_problem, stamp
 from utils import cli
-from utils.io import folder_problem, foreign_folder_problem
 
 #: Images in CelebA, and the first file number of its val and test partitions (1-based).
 CELEBA_SIZE = 202599
@@ -369,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--num-images, --image-size and --mask-size must be positive")
     if args.seed < 0:
         parser.error(f"--seed {args.seed}: expected a non-negative integer")
-    problem = folder_problem(args.out) or foreign_folder_problem(args.out, (SYNTHETIC_MARKER,))
+    problem = out_problem(args.out)
     if problem is not None:  # before anything is written
         parser.error(f"--out '{args.out}': {problem}; expected a folder to write the raw-layout copy into")
 

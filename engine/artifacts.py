@@ -276,6 +276,11 @@ def find_trials(exp_name: str, *, runs_dirs: Sequence[str | Path], num_trials: i
         raise ConfigError(f"--num_trials {num_trials}: expected at least 1 (or leave it out for every trial found)")
     given = Path(exp_name)
     name = given.name
+    if given.parent == Path("."):
+        for root in map(Path, runs_dirs):  # the defaults are existing folders; a given one must be too
+            if not root.is_dir():
+                what = "is not a folder" if root.exists() else "folder not found"
+                raise DataError(f"--runs_dir '{root}': {what}; expected the folder holding the trial folders")
     roots = [given.parent] if given.parent != Path(".") else [Path(d) for d in runs_dirs]
     roots = [root for root in roots if root.is_dir()]
     if not roots:
