@@ -16,14 +16,24 @@ from pathlib import Path
 from typing import IO, Any
 
 from utils.errors import DataError
+from utils.signals import held_during_write
 
 _TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write`` on a temporary file next to ``path``, then rename it over ``path``."""
+    """Call ``write`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    A scheduler's stop or pre-emption signal that arrives meanwhile is delivered once the file is
+    whole (:func:`utils.signals.held_during_write`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with held_during_write():
+        return _write_and_rename(path, write)
+
+
+def _write_and_rename(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from co-workers

@@ -1,6 +1,7 @@
 """Where artefacts may be written: the checks asked before anything is written."""
 
 import errno
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,3 +107,24 @@ def test_main_guard_words_a_ctrl_c_by_when_it_came(capsys: pytest.CaptureFixture
 
     assert cli.main_guard(body) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1:] == [line]
+
+
+def test_a_preemption_signal_during_a_write_is_delivered_once_the_file_is_whole(tmp_path: Path) -> None:
+    """submitit's requeue handler exits at once; in the middle of torch.save that failed the job instead."""
+    def requeue(number, frame):
+        raise SystemExit(144)
+
+    def write(stream) -> None:
+        stream.write(b"first half ")
+        signal.raise_signal(signal.SIGUSR2)  # what Slurm sends a job it pre-empts
+        stream.write(b"second half")
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(SystemExit):
+            io.atomic_write(tmp_path / "last.pt", write)
+        assert signal.getsignal(signal.SIGUSR2) is requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert (tmp_path / "last.pt").read_bytes() == b"first half second half"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
