@@ -10,8 +10,10 @@ unweighted prox gets the λ that does the same in its metric). Gradients are fre
 times s at every step. Prints the median step time over ``--steps`` steps after warm-up, its
 ratio to both baselines, torch's fused AdamW and its foreach AdamW, and the fraction of zero
 groups at the end. On the CPU ProxAdam's Adam part runs torch's fused kernel (see
-:mod:`optim.prox_adam`), so "ProxAdam λ=0" shows what that part costs alone; on CUDA it runs
-the foreach path. ``--device cuda`` on a machine without CUDA stops with a one-line error
+:mod:`optim.prox_adam`), so "ProxAdam λ=0" shows what that part costs alone, except for the
+weighted l1/l2 step, which runs the C kernel of :mod:`optim.kernel` (Adam and the prox fused);
+"(torch code)" is that step with the kernel off. On CUDA the Adam part runs the foreach path
+and the kernel does not apply. ``--device cuda`` on a machine without CUDA stops with a one-line error
 (exit code 2).
 
     python -m benchmarks.bench_optimizer --device cpu --steps 10
@@ -22,6 +24,7 @@ the foreach path. ``--device cuda`` on a machine without CUDA stops with a one-l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -31,7 +34,7 @@ from collections.abc import Callable
 import torch
 import torchvision
 
-from optim import ProxAdam
+from optim import ProxAdam, kernel
 from optim.sparsity import summary
 
 LR = 1e-3
@@ -111,6 +114,9 @@ def time_steps(
     return times
 
 
+TORCH_CODE = "  (torch code)"
+
+
 def variants(lam: float, lam_plain: float) -> dict[str, Callable[[torch.nn.Module], torch.optim.Optimizer]]:
     common = dict(lr=LR, weight_decay=0.01, decoupled_weight_decay=True)
     return {
@@ -118,11 +124,23 @@ def variants(lam: float, lam_plain: float) -> dict[str, Callable[[torch.nn.Modul
         "torch AdamW (foreach)": lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01, foreach=True),
         "ProxAdam λ=0": lambda m: ProxAdam(param_groups(m), **common),
         "ProxAdam l1/l2 weighted": lambda m: ProxAdam(param_groups(m, penalty="l1_l2", lambda_=lam), **common),
+        TORCH_CODE: lambda m: ProxAdam(param_groups(m, penalty="l1_l2", lambda_=lam), **common),
         "ProxAdam l1/l2 unweighted": lambda m: ProxAdam(
             param_groups(m, penalty="l1_l2", lambda_=lam_plain, weighted=False), **common),
         "ProxAdam MCP weighted": lambda m: ProxAdam(
             param_groups(m, penalty="group_mcp", lambda_=lam, gamma=3.0), **common),
     }
+
+
+@contextlib.contextmanager
+def kernel_off():
+    """Run the torch code of the weighted prox instead of the C kernel."""
+    library = kernel.library
+    kernel.library = lambda: None
+    try:
+        yield
+    finally:
+        kernel.library = library
 
 
 def main() -> None:
@@ -151,7 +169,8 @@ def main() -> None:
     for name, make_opt in variants(lam, lam_plain).items():
         model, scales = make_model(device, args.zero_fraction)
         opt = make_opt(model)
-        ms = 1e3 * statistics.median(time_steps(opt, model, scales, args.warmup, args.steps, clock))
+        with kernel_off() if name == TORCH_CODE else contextlib.nullcontext():
+            ms = 1e3 * statistics.median(time_steps(opt, model, scales, args.warmup, args.steps, clock))
         rows.append((name, ms, summary(model)["group_sparsity"]))
     fused, foreach = rows[0][1], rows[1][1]  # the baselines
     print(f"{'optimizer':28s} {'ms/step':>9s} {'× fused':>8s} {'× foreach':>10s} {'zero groups':>12s}")

@@ -53,8 +53,17 @@ flat vector; no Python loop over groups, nor over tensors beyond one call per op
    the zero groups by 0 (in the tensors that have any) and copies the open ones back from
    their float64 rows.
 
+On the CPU the weighted lasso's steps 1 and 3 run in the C kernel of :mod:`optim.kernel`
+(float32/float64 tensors, contiguous or channels-last), one tile of whole groups at a time
+while the tile is in cache, with these rules ported one to one (the torch code here is their
+reference, and runs on other devices and without a compiler). The kernel sums in double, forms
+r as d/(ρd + τ), writes z = x·d/(d + s), and expands the moments about any ρ ≥ 0 it is given
+(:func:`adam_group_l1_l2_` fuses Adam's update into the moment pass, about the last step's
+norms); a group its moments do not certify gets a second round about the model's root before
+it goes to the float64 rows. ``GSMTL_PROX_KERNEL=0`` turns it off.
+
 Guarantees, with tol = 1e-10 in float64 and 1e-6 in float32 (float16/bfloat16 tensors are
-solved in float32 and rounded back):
+solved in float32 and rounded back), the same for both implementations:
 
 - the branches are exact: z = 0 iff ‖Dx‖ ≤ τ (and, MCP, z = x iff ‖x‖ > γλ_g), evaluated in
   float64 wherever the sums in the tensor's dtype leave doubt (within 32 ulps of a threshold);
@@ -74,7 +83,8 @@ solved in float32 and rounded back):
 
 Host synchronisations: one per call of a weighted operator and device/dtype (listing the open
 groups), plus one per convergence check while open groups iterate (none when there are none,
-the usual case in training: see ``benchmarks/bench_optimizer.py``).
+the usual case in training: see ``benchmarks/bench_optimizer.py``). The CPU has none to
+speak of; there the kernel's certificate leaves next to no group open.
 """
 
 from __future__ import annotations
@@ -89,6 +99,8 @@ from itertools import accumulate, pairwise
 import torch
 from torch import Tensor
 
+from optim import kernel
+
 _MAX_EVALS = 64
 _CHECKS = frozenset({4, 8, 16, 32, _MAX_EVALS})
 _F64 = torch.float64
@@ -102,6 +114,7 @@ def prox_group_l1_l2_(
     lam: float,
     denoms: Sequence[Tensor] | None = None,
     reweight: bool = True,
+    sqrt_offsets: Sequence[float] | None = None,
 ) -> None:
     """Apply the group-lasso proximal map in place (metric ``denoms``, or plain when None).
 
@@ -112,12 +125,18 @@ def prox_group_l1_l2_(
         lam: penalty strength λ ≥ 0.
         denoms: per-element metric d > 0 shaped like ``tensors`` (Adam's denominators), read only.
         reweight: scale λ by √(group size).
+        sqrt_offsets: one c per tensor when ``denoms`` holds Adam's second moments v: the metric
+            is then d = √v + c, formed where it is read (no buffer of d).
     """
-    for batch in _batches(tensors, denoms, alpha, lam, reweight):
+    for batch in _batches(tensors, denoms, alpha, lam, reweight, sqrt_offsets):
         if batch.ds is None:
             _plain_l1_l2_(batch)
         else:
-            _weighted_lasso_(batch)
+            batch.materialise()
+            if kernel.usable(batch.xs, batch.ds):
+                _kernel_lasso_(batch)
+            else:
+                _weighted_lasso_(batch)
         batch.write_back()
 
 
@@ -129,6 +148,7 @@ def prox_group_mcp_(
     gamma: float,
     denoms: Sequence[Tensor] | None = None,
     reweight: bool = True,
+    sqrt_offsets: Sequence[float] | None = None,
 ) -> None:
     """Apply the group-MCP proximal map in place (metric ``denoms``, or plain when None).
 
@@ -136,12 +156,55 @@ def prox_group_mcp_(
     """
     if not gamma > 0:
         raise ValueError(f"Invalid gamma value: {gamma}")
-    for batch in _batches(tensors, denoms, alpha, lam, reweight):
+    for batch in _batches(tensors, denoms, alpha, lam, reweight, sqrt_offsets):
         if batch.ds is None:
             _plain_mcp_(batch, gamma)
         else:
+            batch.materialise()
             _weighted_mcp_(batch, gamma)
         batch.write_back()
+
+
+def adam_group_l1_l2_(
+    tensors: Sequence[Tensor],
+    *,
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    norms: Sequence[Tensor | None],
+    alpha: Sequence[float],
+    sqrt_offsets: Sequence[float],
+    lam: float,
+    reweight: bool,
+    decay: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+) -> list[Tensor] | None:
+    """Adam's update, then the group-lasso prox in its metric d = √v + c, tile by tile (the C kernel).
+
+    The update is :class:`optim.kernel.AdamUpdate`'s with step α (per tensor), which is also
+    the prox's step; ``norms`` are the moments' expansion points this function returned at
+    the last step (or None). Returns those for the next step, the new group norms ‖z‖ (one
+    tensor per tensor, in its dtype: what ``load_state_dict`` restores them as), or None,
+    having changed nothing, when the kernel does not take these tensors (the caller then
+    runs Adam and :func:`prox_group_l1_l2_`, whose result this is up to rounding).
+    """
+    live = [i for i, t in enumerate(tensors) if t.numel()]  # empty tensors (no elements or groups) pass untouched
+    xs, gs, ms, vs, offsets, alphas, starts = (
+        [seq[i] for i in live] for seq in (tensors, grads, exp_avgs, exp_avg_sqs, sqrt_offsets, alpha, norms))
+    taus = [a * (lam * math.sqrt(group_size(x)) if reweight else lam) for a, x in zip(alphas, xs)]
+    out = [t.new_zeros(t.shape[1]) for t in tensors]
+    if not xs:
+        return out
+    if not all(tau > 0 for tau in taus) or not kernel.usable(xs, gs, ms, vs):
+        return None
+    update = kernel.AdamUpdate(grads=gs, exp_avgs=ms, exp_avg_sqs=vs, offsets=offsets, alphas=alphas, norms=starts,
+                               decay=decay, weight_decay=weight_decay, beta1=betas[0], beta2=betas[1])
+    theta, start, settled = kernel.weighted_lasso(xs, None, taus, _tol(xs[0].dtype), adam=update)
+    theta = _solve_open_(xs, vs, taus, theta, start, settled, offsets)
+    for i, part in zip(live, theta.split([x.shape[1] for x in xs])):
+        out[i] = part.to(tensors[i].dtype)
+    return out
 
 
 def group_sum(t: Tensor) -> Tensor:
@@ -175,6 +238,16 @@ class _Batch:
     taus: list[float]  # α λ_g
     alphas: list[float]
     lams: list[float]  # λ_g
+    offsets: list[float] | None = None  # when set, ``ds`` holds Adam's v and d = √v + offset
+
+    def materialise(self) -> None:
+        """Form d = √v + offset in a kept buffer, for the code that reads ``ds`` as d."""
+        if self.offsets is None:
+            return
+        buffer = _kept(("metric", self.ds[0].dtype, self.ds[0].device), sum(v.numel() for v in self.ds))
+        views = buffer.split([v.numel() for v in self.ds])
+        self.ds = [torch.sqrt(v, out=b.view(v.shape)).add_(c) for v, b, c in zip(self.ds, views, self.offsets)]
+        self.offsets = None
 
     def write_back(self) -> None:
         for target, x in zip(self.targets, self.xs):
@@ -198,6 +271,7 @@ def _batches(
     alpha: float | Sequence[float],
     lam: float,
     reweight: bool,
+    sqrt_offsets: Sequence[float] | None = None,
 ) -> list[_Batch]:
     """Validate, drop empty tensors and those with τ = 0 (the identity), group by device and dtype."""
     tensors = list(tensors)
@@ -206,6 +280,8 @@ def _batches(
         raise ValueError(f"alpha has {len(alphas)} values for {len(tensors)} tensors")
     if denoms is not None and len(denoms) != len(tensors):
         raise ValueError(f"denoms has {len(denoms)} tensors for {len(tensors)} tensors")
+    if sqrt_offsets is not None and (denoms is None or len(sqrt_offsets) != len(tensors)):
+        raise ValueError("sqrt_offsets needs denoms and one offset per tensor")
     if not lam >= 0:
         raise ValueError(f"Invalid lam value: {lam}")
     by_key: dict[tuple[torch.device, torch.dtype], _Batch] = {}
@@ -223,11 +299,14 @@ def _batches(
         if tau == 0:
             continue
         work = t if t.dtype in (torch.float32, _F64) else t.float()
-        batch = by_key.setdefault((t.device, t.dtype), _Batch([], [], None if denoms is None else [], [], [], []))
+        batch = by_key.setdefault((t.device, t.dtype), _Batch(
+            [], [], None if denoms is None else [], [], [], [], None if sqrt_offsets is None else []))
         batch.targets.append(t)
         batch.xs.append(work)
         if batch.ds is not None:
             batch.ds.append(denoms[i].to(work.dtype))
+        if batch.offsets is not None:
+            batch.offsets.append(float(sqrt_offsets[i]))
         batch.taus.append(tau)
         batch.alphas.append(alphas[i])
         batch.lams.append(lam_g)
@@ -247,26 +326,30 @@ def _views(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
 _CACHE = threading.local()
 
 
-class _Scratch:
-    """Flat buffers viewed in the shape of each tensor (no per-tensor allocations).
+def _kept(key: tuple, n: int) -> Tensor:
+    """A flat buffer of at least ``n`` elements of dtype ``key[1]`` on device ``key[2]``.
 
-    On the CPU the buffers are kept between calls (per thread, grown as needed): a fresh large
+    On the CPU it is kept between calls (per thread and key, grown as needed): a fresh large
     allocation is returned to the OS on release and page-faults again at every step. Elsewhere
-    (CUDA's caching allocator) they are allocated per call.
+    (CUDA's caching allocator) it is allocated per call.
     """
+    dtype, device = key[1], key[2]
+    if device.type != "cpu":
+        return torch.empty(n, dtype=dtype, device=device)
+    cache: dict[tuple, Tensor] = _CACHE.__dict__.setdefault("buffers", {})
+    if key not in cache or cache[key].numel() < n:
+        cache.pop(key, None)
+        cache[key] = torch.empty(n, dtype=dtype)
+    return cache[key][:n]
+
+
+class _Scratch:
+    """Flat buffers viewed in the shape of each tensor (no per-tensor allocations; see :func:`_kept`)."""
 
     def __init__(self, like: Sequence[Tensor], count: int) -> None:
         n = max(t.numel() for t in like)
         dtype, device = like[0].dtype, like[0].device
-        if device.type != "cpu":
-            self.buffers = [torch.empty(n, dtype=dtype, device=device) for _ in range(count)]
-            return
-        cache: dict[torch.dtype, list[Tensor]] = _CACHE.__dict__.setdefault("buffers", {})
-        kept = cache.get(dtype, [])
-        if len(kept) < count or kept[0].numel() < n:
-            kept = [torch.empty(max(n, kept[0].numel() if kept else 0), dtype=dtype) for _ in range(count)]
-            cache[dtype] = kept
-        self.buffers = kept[:count]
+        self.buffers = [_kept(("scratch", dtype, device, i), n) for i in range(count)]
 
     def views(self, t: Tensor) -> list[Tensor]:
         return [b[: t.numel()].view(t.shape) for b in self.buffers]
@@ -333,11 +416,33 @@ def _weighted_lasso_(batch: _Batch) -> None:
     open_idx = torch.nonzero(~settled).flatten().cpu()  # the one host synchronisation
     if len(open_idx):
         sel = open_idx.to(device)
-        theta = _Rows.gather(xs, ds, open_idx, tau[sel], start[sel]).solve_lasso(theta)
+        theta = _Rows.gather(xs, ds, open_idx, tau[sel], start[sel]).solved().roots(theta)
     s_all = torch.where(theta > 0, tau / theta, torch.inf).to(dtype)  # z = x / (1 + s/d)
     for x, d, s_b in zip(xs, ds, _views(s_all, xs)):
         buf = scratch.views(x)[0]
         x.div_(torch.addcdiv(one, s_b, d, out=buf))
+
+
+def _kernel_lasso_(batch: _Batch) -> None:
+    """The C kernel settles and writes most groups tile by tile; the open ones are solved on float64 rows."""
+    xs = batch.xs
+    theta, start, settled = kernel.weighted_lasso(xs, batch.ds, batch.taus, _tol(xs[0].dtype))
+    _solve_open_(xs, batch.ds, batch.taus, theta, start, settled)
+
+
+def _solve_open_(
+    xs: Sequence[Tensor], ds: Sequence[Tensor], taus: Sequence[float], theta: Tensor, start: Tensor,
+    settled: Tensor, offsets: Sequence[float] | None = None,
+) -> Tensor:
+    """Solve and write the groups the kernel left open (on float64 rows); θ of every group."""
+    open_idx = torch.nonzero(~settled).flatten()
+    if not len(open_idx):
+        return theta
+    counts = torch.tensor([x.shape[1] for x in xs])
+    tau = torch.repeat_interleave(torch.tensor(taus, dtype=_F64), counts)[open_idx]
+    rows = _Rows.gather(xs, ds, open_idx, tau, start[open_idx], offsets=offsets).solved()
+    rows.scatter(xs)
+    return rows.roots(theta)
 
 
 def _moment_root(
@@ -364,7 +469,14 @@ def _moment_root(
 
     The zero test: F(0) = Σ x_i² r_i² (1 − ρ r_i)⁻² and (1 − ρr)⁻² is convex on [0, r_max], so
     F(0) ≤ n_0 (1 + ((1 − ρ r_max)⁻² − 1) r̄/r_max), r̄ = n_1/n_0; a group is zero when that
-    bound, with the rounding and underflow of the sums, is at most 1. Groups neither certified
+    bound, with the rounding and underflow of the sums, is at most 1. By Jensen's inequality
+    F(0) ≥ n_0 (1 − ρ r̄)⁻²: a group is certified non-zero only when that exceeds 1 by more than
+    the rounding margin, so that a group within rounding of the threshold is decided on the
+    float64 rows however its root looks.
+
+    Any expansion point ρ ≥ 0 gives valid bounds (r_i ≤ 1/ρ, and (1 + δr)⁻¹ ≤ m with
+    m = max(1, ρ/θ) for either sign of δ = θ − ρ); ρ = ‖x‖ here, the C kernel
+    (:mod:`optim.kernel`) also expands about the last step's norms and about the model's root. Groups neither certified
     nor zero are left to :class:`_Rows`, which decides them exactly; their model root is only
     a starting point there.
     """
@@ -417,9 +529,11 @@ def _moment_root(
         defect = torch.where(two, (3 * ad**2 * m**4 + 4 * a.abs() * ad**3 * m**5) * e2 + 4 * ad**3 * m**5 * e3, defect)
     under = 2 * size * tiny * (r_max * r_max + r_max + 1)  # absolute underflow of the n_0 sum
     rounding = (3 + 16 * ad * rbar) * eps + under / n0  # of n_0, n_1 themselves (see the module docstring)
+    lower = n0 / (1 - rho * rbar).clamp(min=0.0) ** 2  # F(0) ≥ this: (1 − ρr)⁻² is convex (Jensen)
     certified = (
         ((f - 1).abs() <= 4 * eps) & (0.6 * one_sided + 1.2 * defect + rounding <= 0.6 * _tol(dtype))
         & (theta > 0) & (size * torch.finfo(dtype).tiny / eps <= A)  # no term of ‖x‖² near the underflow
+        & (lower * (1 - _margin(dtype)) > 1)  # not within rounding of the zero branch
     )
     chord = (1 - rho * r_max).clamp(min=0.0) ** -2 - 1
     bound = (n0 + under) * (1 + torch.where(r_max > 0, chord * rbar / r_max, torch.inf))
@@ -463,9 +577,8 @@ def _weighted_mcp_(batch: _Batch, gamma: float) -> None:
     if len(open_idx):
         sel = open_idx.to(device)
         mu = batch.per_group([al / gamma for al in batch.alphas])
-        rows = _Rows.gather(xs, ds, open_idx, tau[sel], torch.zeros_like(tau[sel]), mu[sel], hi[sel])
-        rows.solve_mcp()
-        rows.scatter(xs)
+        rows = _Rows.gather(xs, ds, open_idx, tau[sel], torch.zeros_like(tau[sel]), mu=mu[sel], hi=hi[sel])
+        rows.solved().scatter(xs)
 
 
 def _by_tensor(idx: Tensor, xs: Sequence[Tensor]) -> list[tuple[int, Tensor, Tensor]]:
@@ -569,10 +682,13 @@ class _Rows:
 
     @classmethod
     def gather(
-        cls, xs: Sequence[Tensor], ds: Sequence[Tensor], open_idx: Tensor, tau: Tensor, start: Tensor,
-        mu: Tensor | None = None, hi: Tensor | None = None,
+        cls, xs: Sequence[Tensor], ds: Sequence[Tensor], open_idx: Tensor, tau: Tensor, start: Tensor, *,
+        mu: Tensor | None = None, hi: Tensor | None = None, offsets: Sequence[float] | None = None,
     ) -> _Rows:
-        """Copy the groups ``open_idx`` (sorted flat indices, on the CPU) out; the vectors are aligned with it."""
+        """Copy the groups ``open_idx`` (sorted flat indices, on the CPU) out; the vectors are aligned with it.
+
+        With ``offsets`` the ``ds`` are Adam's v, and the rows get d = √v + offset (in the tensors' dtype).
+        """
         by_size: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
         for part in _by_tensor(open_idx, xs):
             by_size.setdefault(group_size(xs[part[0]]), []).append(part)
@@ -583,7 +699,9 @@ class _Rows:
             for t, local, _ in parts:
                 local = local.to(device)
                 xr.append(xs[t].transpose(0, 1)[local].reshape(len(local), n).to(_F64))
-                dr.append(ds[t].transpose(0, 1)[local].reshape(len(local), n).to(_F64))
+                d = ds[t].transpose(0, 1)[local]
+                d = d if offsets is None else d.sqrt_().add_(offsets[t])
+                dr.append(d.reshape(len(local), n).to(_F64))
                 placed.append((t, local, first))
                 first += len(local)
             pos = torch.cat([p for _, _, p in parts])
@@ -606,14 +724,15 @@ class _Rows:
         warnings.warn(f"prox: {left} groups did not reach |F(θ) − 1| ≤ {tol:g} in {_MAX_EVALS} evaluations",
                       RuntimeWarning, stacklevel=4)
 
-    def solve_lasso(self, theta: Tensor) -> Tensor:
-        """``theta`` (per group of the batch) with the rows' roots put in (0 for zeros)."""
+    def solved(self) -> _Rows:
+        """Find the roots (in place); returns self."""
         self._newton()
+        return self
+
+    def roots(self, theta: Tensor) -> Tensor:
+        """``theta`` (per group of the batch) with the rows' roots put in (0 for zeros)."""
         roots = torch.cat([torch.where(b.zero, 0.0, b.theta) for b in self.buckets])
         return theta.index_copy(0, self.order.to(theta.device), roots)
-
-    def solve_mcp(self) -> None:
-        self._newton()
 
     def scatter(self, xs: Sequence[Tensor]) -> None:
         """Write z = x / (1 + s/d) of every row into its tensor."""

@@ -21,9 +21,13 @@ stop on a host-side test per iteration and tensor; here all groups are solved at
 
 Implementations (all give torch's results up to rounding): ``fused`` runs torch's fused Adam(W)
 kernel, one pass per tensor (the default on the CPU, where it is several times faster than the
-``_foreach`` ops, and only there: steps are kept on the CPU); it keeps one buffer per weighted
-penalised parameter for d between steps. Otherwise ``foreach`` selects the multi-tensor
-``_foreach`` path (default) or a per-tensor loop.
+``_foreach`` ops, and only there: steps are kept on the CPU). For the weighted group lasso it
+runs the C kernel of :mod:`optim.kernel` instead, which applies Adam's update and takes the
+prox's moments in one pass and writes z in a second (see :func:`optim.prox.adam_group_l1_l2_`);
+it keeps each parameter's group norms in the state as ``prox_norms`` (the next step's
+expansion points, saved and restored with the state so that a resumed run repeats the
+uninterrupted one; a step the kernel does not take drops them). Otherwise ``foreach`` selects
+the multi-tensor ``_foreach`` path (default) or a per-tensor loop.
 
 Parameter-group keys, besides ``lr``, ``betas``, ``eps``, ``weight_decay``, ``foreach``,
 ``fused``: ``decoupled_weight_decay`` (AdamW when true), ``penalty`` ("l1_l2", "group_mcp" or
@@ -44,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optim.prox import prox_group_l1_l2_, prox_group_mcp_
+from optim.prox import adam_group_l1_l2_, prox_group_l1_l2_, prox_group_mcp_
 
 PENALTIES = ("l1_l2", "group_mcp")
 _FUSED_DTYPES = (torch.float32, torch.float64)
@@ -77,7 +81,6 @@ class ProxAdam(Optimizer):
             gamma=gamma, weighted=weighted, reweight=reweight, prox=prox, foreach=foreach, fused=fused,
         )
         _validate(defaults)
-        self._denoms: dict[Tensor, Tensor] = {}  # scratch of the fused path, not state
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -144,23 +147,21 @@ class ProxAdam(Optimizer):
                 weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"],
             )
             weighted = use_prox and group["weighted"]
+            if fused and weighted and group["penalty"] == "l1_l2" and _kernel_step(
+                group, params, grads, exp_avgs, exp_avg_sqs, steps, [self.state[p] for p in params], **kwargs
+            ):
+                continue
+            for p in params:
+                self.state[p].pop("prox_norms", None)  # a step the kernel did not take makes them stale
+            offsets = None
             if fused:
-                alphas, denoms = _fused_adam(
-                    params, grads, exp_avgs, exp_avg_sqs, steps, **kwargs,
-                    denoms=self._denom_buffers(params) if weighted else None,
-                )
+                alphas, offsets = _fused_adam(params, grads, exp_avgs, exp_avg_sqs, steps, **kwargs)
+                denoms = exp_avg_sqs if weighted else None
             else:
                 alphas, denoms = adam(params, grads, exp_avgs, exp_avg_sqs, steps, **kwargs, keep_denoms=weighted)
             if use_prox:
-                _prox(group, params, alphas, denoms)
+                _prox(group, params, alphas, denoms, offsets if weighted else None)
         return loss
-
-    def _denom_buffers(self, params: list[Tensor]) -> list[Tensor]:
-        """Buffers for Adam's denominators, kept between steps (a fresh allocation costs more than the math)."""
-        for p in params:
-            if p not in self._denoms:
-                self._denoms[p] = torch.empty_like(p, memory_format=torch.preserve_format)
-        return [self._denoms[p] for p in params]
 
 
 def _fusable(params: list[Tensor]) -> bool:
@@ -173,14 +174,16 @@ def _fusable(params: list[Tensor]) -> bool:
     )
 
 
-def _prox(group: dict[str, Any], params: list[Tensor], alphas: list[float], denoms: list[Tensor] | None) -> None:
+def _prox(
+    group: dict[str, Any], params: list[Tensor], alphas: list[float], denoms: list[Tensor] | None,
+    offsets: list[float] | None,
+) -> None:
+    """The group's proximal step; with ``offsets`` the ``denoms`` are Adam's v and d = √v + offset."""
+    common = dict(alpha=alphas, lam=group["lambda_"], denoms=denoms, reweight=group["reweight"], sqrt_offsets=offsets)
     if group["penalty"] == "l1_l2":
-        prox_group_l1_l2_(params, alpha=alphas, lam=group["lambda_"], denoms=denoms, reweight=group["reweight"])
+        prox_group_l1_l2_(params, **common)
     else:
-        prox_group_mcp_(
-            params, alpha=alphas, lam=group["lambda_"], gamma=group["gamma"], denoms=denoms,
-            reweight=group["reweight"],
-        )
+        prox_group_mcp_(params, gamma=group["gamma"], **common)
 
 
 def _validate(group: dict[str, Any]) -> None:
@@ -208,10 +211,51 @@ def _validate(group: dict[str, Any]) -> None:
         raise ValueError(f"Invalid gamma value: {group['gamma']}")
 
 
-def _bias_corrections(steps: list[Tensor], beta1: float, beta2: float, lr: float) -> tuple[list[float], list[float]]:
-    """Step sizes α = lr/(1 − β₁ᵗ) and √(1 − β₂ᵗ), per parameter (their step counts may differ)."""
-    counts = [s.item() for s in steps]
+def _bias_corrections(steps: list[Tensor], beta1: float, beta2: float, lr: float, ahead: int = 0) -> tuple[list[float], list[float]]:
+    """Step sizes α = lr/(1 − β₁ᵗ) and √(1 − β₂ᵗ), per parameter (their step counts t, plus ``ahead``, may differ)."""
+    counts = [s.item() + ahead for s in steps]
     return [lr / (1 - beta1**t) for t in counts], [(1 - beta2**t) ** 0.5 for t in counts]
+
+
+def _kernel_step(
+    group: dict[str, Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> bool:
+    """Adam(W) and the weighted lasso prox in one pass of the C kernel (:mod:`optim.kernel`).
+
+    The metric and step are the fused path's (d = √v + ε√(1 − β₂ᵗ), α·√(1 − β₂ᵗ)). The group
+    norms ‖z‖ of the step are kept in the state as ``prox_norms``: the next step expands its
+    moments about them in the pass of the Adam update (saved with the state, so that a
+    resumed run computes what the uninterrupted one did). Returns False, having changed
+    nothing, when the kernel does not take these parameters.
+    """
+    alphas, bc2_sqrt = _bias_corrections(steps, beta1, beta2, lr, ahead=1)
+    norms = adam_group_l1_l2_(
+        params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+        norms=[state.get("prox_norms") for state in states],
+        alpha=[a * b for a, b in zip(alphas, bc2_sqrt)], sqrt_offsets=[eps * b for b in bc2_sqrt],
+        lam=group["lambda_"], reweight=group["reweight"],
+        decay=1 - lr * weight_decay if decoupled else 1.0, weight_decay=0.0 if decoupled else weight_decay,
+        betas=(beta1, beta2),
+    )
+    if norms is None:
+        return False
+    torch._foreach_add_(steps, 1.0)
+    for state, norm in zip(states, norms):
+        state["prox_norms"] = norm
+    return True
 
 
 def _fused_adam(
@@ -227,9 +271,8 @@ def _fused_adam(
     eps: float,
     weight_decay: float,
     decoupled: bool,
-    denoms: list[Tensor] | None,
-) -> tuple[list[float], list[Tensor] | None]:
-    """torch's fused Adam(W) kernel; d = √v + ε√(1 − β₂ᵗ) goes to ``denoms`` if given, α scaled alike."""
+) -> tuple[list[float], list[float]]:
+    """torch's fused Adam(W) kernel; the step sizes α·√(1 − β₂ᵗ) of the metric d = √v + ε√(1 − β₂ᵗ), and its offsets ε√(1 − β₂ᵗ)."""
     torch._foreach_add_(steps, 1.0)
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
     kernel(
@@ -237,11 +280,7 @@ def _fused_adam(
         weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False,
     )
     alphas, bc2_sqrt = _bias_corrections(steps, beta1, beta2, lr)
-    if denoms is None:
-        return alphas, None
-    for d, v, b in zip(denoms, exp_avg_sqs, bc2_sqrt):
-        torch.sqrt(v, out=d).add_(eps * b)
-    return [a * b for a, b in zip(alphas, bc2_sqrt)], denoms
+    return [a * b for a, b in zip(alphas, bc2_sqrt)], [eps * b for b in bc2_sqrt]
 
 
 def _multi_tensor_adam(

@@ -5,6 +5,8 @@ nothing else) decides each group by the closed tests — lasso: zero iff ‖Dx�
 ‖x‖ > γλ_g, else zero iff ‖Dx‖ ≤ τ — and finds θ with F(θ) = 1 by bisection to full precision.
 The operators must agree on every branch and meet the documented tolerance
 |F(‖z‖) − 1| ≤ 1e-10 (float64) / 1e-6 (float32), F evaluated exactly from the inputs' values.
+Every test runs twice: with the C kernel of :mod:`optim.kernel` (the CPU's implementation of
+the weighted lasso) and with the torch code alone.
 """
 
 from __future__ import annotations
@@ -18,13 +20,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import optim.prox as prox
-from optim import ProxAdam
+from optim import ProxAdam, kernel
 from optim.prox import group_size, prox_group_l1_l2_, prox_group_mcp_
 
 F64, F32 = torch.float64, torch.float32
 TOL = {F64: 1e-10, F32: 1e-6}
 KKT = {F64: 1e-10, F32: 1e-5}
 AMBIGUOUS = 1e-13  # relative distance to a branch threshold within which either branch is right
+
+
+@pytest.fixture(autouse=True, params=["kernel", "torch"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The C kernel where it applies, or the torch code everywhere."""
+    if request.param == "torch":
+        monkeypatch.setattr(kernel, "library", lambda: None)
+    elif kernel.library() is None:
+        pytest.skip("no C compiler here: the kernel's own tests say whether that is expected")
+    return request.param
 
 
 # --------------------------------------------------------------------------- the oracle

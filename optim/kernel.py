@@ -1,0 +1,217 @@
+"""The C kernel of the weighted group-lasso prox on the CPU: built on first use, cached, optional.
+
+``optim/_prox_kernel.c`` runs the moment pass, the certified moment root and the write of
+:mod:`optim.prox` tile by tile (a tile: whole groups, long contiguous rows, in cache), and
+can apply Adam's update in the same pass as the moments: ProxAdam's weighted lasso step then
+reads the weights twice where torch's fused Adam reads them once (the torch code: a dozen
+passes). The moments are taken about expansion points the caller keeps (the last step's
+group norms) or, without them, about ‖x‖ in a second pass; a group the moments do not
+certify gets a second round about the model's root, and one still open is solved by the
+float64 rows of :mod:`optim.prox`.
+
+The source is compiled once per machine kind with the system C compiler (``$CC``, else
+``cc``) into ``$XDG_CACHE_HOME/gsmtl`` (``~/.cache/gsmtl``), named by a hash of the source,
+flags, compiler and the CPU's vector capability, so an edited source, another compiler or a
+node with other vector units gets its own build (a compiler that rejects the vector flags
+builds without them). It is loaded with :mod:`ctypes`, which releases the GIL during the
+call, and runs on ``torch.get_num_threads()`` threads. Without a compiler, or with
+``GSMTL_PROX_KERNEL=0``, the torch code runs instead (same guarantees, slower), after one
+warning saying why. Plain C rather than a torch C++ extension: no torch headers (a build
+takes about a second, not a minute) and no Python ABI.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger("gsmtl")
+
+SOURCE = Path(__file__).with_name("_prox_kernel.c")
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread"]
+_ARCH = {"AVX512": ["-march=x86-64-v4", "-mprefer-vector-width=512"], "AVX2": ["-march=x86-64-v3"]}
+DTYPES = (torch.float32, torch.float64)
+
+
+class _Tensor(ctypes.Structure):
+    """``pk_tensor`` of the C source (its comments say what each field holds)."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in ("x", "d", "g", "m", "v", "rho")),
+        *((name, ctypes.c_double) for name in ("c", "alpha", "decay", "wd")),
+        *((name, ctypes.c_int64) for name in ("O", "A", "C", "B")),
+        ("tau", ctypes.c_double), ("g0", ctypes.c_int64),
+    ]
+
+
+@dataclass(frozen=True)
+class AdamUpdate:
+    """Adam's update to apply before the prox, as torch.optim.Adam(W) computes it.
+
+    Per tensor: x ← x·decay − α·m/d, d = √v + c, after m ← lerp(m, g, 1 − β₁),
+    v ← β₂v + (1 − β₂)g², with g ← g + weight_decay·x first (Adam's coupled decay; AdamW puts
+    it in ``decay``); d is the prox's metric. ``norms`` (per tensor, one per group in its
+    dtype, or None) are expansion points ρ: given, the moments are taken in the pass of the
+    update (one read of the weights less). Any ρ ≥ 0 is valid (see
+    :func:`optim.prox._moment_root`); one close to the group's new ‖z‖ certifies it.
+    """
+
+    grads: Sequence[Tensor]
+    exp_avgs: Sequence[Tensor]
+    exp_avg_sqs: Sequence[Tensor]
+    offsets: Sequence[float]
+    alphas: Sequence[float]
+    norms: Sequence[Tensor | None]
+    decay: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+
+
+def _arch_flags() -> list[str]:
+    """Vector flags for this CPU's capability (x86-64 levels: portable across CPUs that have them)."""
+    return _ARCH.get(torch.backends.cpu.get_cpu_capability(), []) if platform.machine() in ("x86_64", "AMD64") else []
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gsmtl"
+
+
+def _compiler_version(cc: str) -> str:
+    out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.splitlines()[0] if out.stdout else cc
+
+
+def _build() -> Path:
+    """Compile the source unless this build is cached; the library's path. Raises OSError/SubprocessError."""
+    cc = os.environ.get("CC", "cc")
+    arch = _arch_flags()
+    key = "\0".join([SOURCE.read_text(), *_FLAGS, *arch, _compiler_version(cc), platform.machine()])
+    target = _cache_dir() / f"prox-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".prox-", suffix=".so")
+    os.close(fd)
+    try:
+        try:
+            _compile(cc, [*_FLAGS, *arch], tmp)
+        except subprocess.CalledProcessError:
+            if not arch:
+                raise
+            _compile(cc, _FLAGS, tmp)  # an older compiler without the x86-64 level names
+        os.replace(tmp, target)  # atomic: concurrent builds of one key each install a whole library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _compile(cc: str, flags: list[str], out: str) -> None:
+    subprocess.run([cc, *flags, "-o", out, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300, check=True)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None (with one warning saying why) when it cannot be had."""
+    if os.environ.get("GSMTL_PROX_KERNEL", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build()))
+    except subprocess.CalledProcessError as err:
+        first = (err.stderr or "").strip().splitlines()[:1]
+        log.warning("prox kernel: the C build failed (%s); the torch code runs instead", first[0] if first else err)
+        return None
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("prox kernel: no C build (%s); the torch code runs instead", err)
+        return None
+    lib.pk_lasso.restype = ctypes.c_int
+    lib.pk_lasso.argtypes = [
+        ctypes.POINTER(_Tensor), ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+    ]
+    return lib
+
+
+def layout(t: Tensor) -> tuple[int, int, int, int] | None:
+    """(O, A, C, B) with element (o, a, j, b) at ((o·A + a)·C + j)·B + b, groups j; None if no such view.
+
+    Contiguous tensors have A = 1, B = the kernel's spatial size; channels-last ones A = the
+    spatial size, B = 1.
+    """
+    o, c, spatial = t.shape[0], t.shape[1], math.prod(t.shape[2:])
+    if t.is_contiguous():
+        return o, 1, c, spatial
+    last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.ndim)
+    if last is not None and t.is_contiguous(memory_format=last):
+        return o, spatial, c, 1
+    return None
+
+
+def usable(xs: Sequence[Tensor], *others: Sequence[Tensor]) -> bool:
+    """Whether the kernel takes these tensors (and ``others``, aligned with them, laid out alike).
+
+    CPU, float32 or float64, elements and groups in every tensor, views it can walk, and it is built.
+    """
+    return (
+        bool(xs)
+        and xs[0].device.type == "cpu"
+        and xs[0].dtype in DTYPES
+        and all(
+            x.numel() > 0 and layout(x) is not None
+            and all(o[i].dtype == x.dtype and o[i].device == x.device and o[i].stride() == x.stride()
+                    and o[i].shape == x.shape for o in others)
+            for i, x in enumerate(xs)
+        )
+        and library() is not None
+    )
+
+
+def weighted_lasso(
+    xs: Sequence[Tensor], ds: Sequence[Tensor] | None, taus: Sequence[float], tol: float, *,
+    adam: AdamUpdate | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the kernel on tensors ``usable`` took (all τ > 0).
+
+    Returns per group float64 θ (0 for zero groups), a float64 Newton start and whether the
+    group was settled.
+
+    Settled groups are written (z, or 0); open ones are left as they are (after ``adam``'s
+    update, whose metric is d = √v + c; without it ``ds`` is the metric).
+    """
+    lib = library()
+    specs = (_Tensor * len(xs))()
+    g0 = 0
+    for i, (spec, x, tau) in enumerate(zip(specs, xs, taus)):
+        spec.x, spec.tau, spec.g0 = x.data_ptr(), tau, g0
+        if adam is None:
+            spec.d = ds[i].data_ptr()
+        else:
+            spec.g, spec.m, spec.v = adam.grads[i].data_ptr(), adam.exp_avgs[i].data_ptr(), adam.exp_avg_sqs[i].data_ptr()
+            spec.c, spec.alpha, spec.decay, spec.wd = adam.offsets[i], adam.alphas[i], adam.decay, adam.weight_decay
+            norms = adam.norms[i]
+            if norms is not None and norms.dtype == x.dtype and norms.device == x.device and norms.shape == (x.shape[1],):
+                spec.rho = norms.data_ptr()
+        spec.O, spec.A, spec.C, spec.B = layout(x)
+        g0 += x.shape[1]
+    theta, start = torch.empty(2, g0, dtype=torch.float64)
+    settled = torch.empty(g0, dtype=torch.bool)
+    betas = (adam.beta1, adam.beta2) if adam is not None else (0.0, 0.0)
+    status = lib.pk_lasso(specs, len(xs), xs[0].dtype == torch.float64, *betas, tol, theta.data_ptr(),
+                          start.data_ptr(), settled.data_ptr(), torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("prox kernel: out of memory for its scratch buffers")
+    return theta, start, settled

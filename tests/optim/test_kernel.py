@@ -1,0 +1,229 @@
+"""The C kernel of the weighted lasso (:mod:`optim.kernel`): its build, and its agreement with the torch code.
+
+The oracle tests (``test_prox_oracle.py``) hold both implementations to the documented
+guarantees; these check what is the kernel's own: the build and its fallback, memory
+layouts, the step fused with Adam (against Adam followed by the torch prox), expansion
+points of any value, and results independent of the thread count.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from optim import ProxAdam, kernel
+from optim.prox import group_size, prox_group_l1_l2_
+
+F32, F64 = torch.float32, torch.float64
+RTOL = {F32: 2e-5, F64: 1e-9}  # θ to |F − 1| ≤ 1e-6 / 1e-10 in either implementation
+
+
+@pytest.fixture
+def fresh_library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """An empty build cache and no loaded library; the process's library is reloaded afterwards."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    library = kernel.library  # a test may replace it with monkeypatch, undone after this teardown
+    library.cache_clear()
+    yield tmp_path / "cache" / "gsmtl"
+    library.cache_clear()
+
+
+def torch_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "library", lambda: None)
+
+
+def test_the_kernel_builds_where_there_is_a_compiler() -> None:
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler on this machine: the torch code runs (slower), as documented")
+    assert kernel.library() is not None
+
+
+def test_the_build_is_cached_and_reused(fresh_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert kernel.library() is not None
+    (built,) = fresh_library.glob("prox-*.so")
+    assert not list(fresh_library.glob(".prox-*"))  # no temporary file left behind
+    kernel.library.cache_clear()
+
+    def no_compiler(*args: object) -> None:
+        raise AssertionError("the cached build should have been loaded")
+
+    monkeypatch.setattr(kernel, "_compile", no_compiler)
+    assert kernel.library() is not None
+    assert list(fresh_library.glob("prox-*.so")) == [built]
+
+
+def test_a_failing_compiler_falls_back_to_the_torch_code_with_one_warning(
+    fresh_library: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = tmp_path / "cc"
+    fake.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "fakecc 1.0"; exit 0; fi\n'
+                    'echo "error: no such compiler" >&2; exit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    x = torch.randn(6, 4, 3, 3)
+    d = torch.rand(6, 4, 3, 3) + 0.5
+    with caplog.at_level(logging.WARNING, logger="gsmtl"):
+        z = x.clone()
+        prox_group_l1_l2_([z], alpha=0.5, lam=0.2, denoms=[d])
+        prox_group_l1_l2_([z.clone()], alpha=0.5, lam=0.2, denoms=[d])
+    assert kernel.library() is None
+    warnings = [r.getMessage() for r in caplog.records if "prox kernel" in r.getMessage()]
+    assert len(warnings) == 1 and "error: no such compiler" in warnings[0]
+    assert not list(fresh_library.glob("*"))  # nothing half-built left in the cache
+    monkeypatch.setattr(kernel, "library", lambda: None)
+    ref = x.clone()
+    prox_group_l1_l2_([ref], alpha=0.5, lam=0.2, denoms=[d])
+    assert torch.equal(z, ref)
+
+
+def test_the_switch_turns_the_kernel_off(fresh_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GSMTL_PROX_KERNEL", "0")
+    assert kernel.library() is None
+    assert not fresh_library.exists()  # not even built
+
+
+def layout_case(shape: tuple[int, ...], dtype: torch.dtype, memory_format: torch.memory_format | None, seed: int):
+    """x with log-normal group norms, d over four decades, τ zeroing about a third of the groups."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = torch.randn((1, shape[1]) + (1,) * (len(shape) - 2), generator=gen).exp()
+    x = (torch.randn(shape, generator=gen) * scale).to(dtype)
+    d = (2 * torch.randn(shape, generator=gen)).exp().to(dtype)
+    if memory_format is not None:
+        x, d = x.contiguous(memory_format=memory_format), d.contiguous(memory_format=memory_format)
+    dx = (x * d).double().transpose(0, 1).reshape(shape[1], -1).norm(dim=1)
+    tau = dx.quantile(0.3).item()
+    return x, d, tau
+
+
+CASES = [
+    ((64, 48, 3, 3), None),
+    ((64, 48, 3, 3), torch.channels_last),
+    ((40, 70), None),
+    ((300, 5, 1, 1), None),
+    ((8, 6, 2, 2, 2), None),
+    ((8, 6, 2, 2, 2), torch.channels_last_3d),
+    ((3, 20, 7, 7), None),
+]
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("shape", "memory_format"), CASES, ids=lambda c: str(c))
+def test_the_kernel_matches_the_torch_code(shape, memory_format, dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kernel.library() is None:
+        pytest.skip("no C compiler here")
+    x, d, tau = layout_case(shape, dtype, memory_format, seed=len(shape) + shape[1])
+    lam = tau / math.sqrt(group_size(x))
+    assert kernel.usable([x], [d])
+    z = x.clone()
+    prox_group_l1_l2_([z], alpha=1.0, lam=lam, denoms=[d])
+    torch_code(monkeypatch)
+    ref = x.clone()
+    prox_group_l1_l2_([ref], alpha=1.0, lam=lam, denoms=[d])
+    assert z.stride() == x.stride()
+    zeros = z.transpose(0, 1).reshape(shape[1], -1).eq(0).all(1)
+    assert torch.equal(zeros, ref.transpose(0, 1).reshape(shape[1], -1).eq(0).all(1))
+    assert 0 < int(zeros.sum()) < shape[1]
+    torch.testing.assert_close(z, ref, rtol=RTOL[dtype], atol=0)
+
+
+def test_regression_a_group_at_the_zero_threshold_is_decided_exactly() -> None:
+    """‖Dx‖ = τ up to float32 rounding: the refined moments about θ ≈ 0 once certified a tiny θ."""
+    z = torch.tensor([[0.7]])
+    prox_group_l1_l2_([z], alpha=1.0, lam=0.7, denoms=[torch.ones(1, 1)], reweight=False)
+    assert z.item() == 0.0  # float32 0.7 < 0.7: zero, as float64 decides
+
+
+def params_and_grads(dtype: torch.dtype = F32, seed: int = 0) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Conv-like parameters (one channels-last, one 2-D) and six steps of gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(32, 16, 3, 3), (64, 32, 1, 1), (24, 40), (16, 8, 3, 3)]
+    params = [torch.randn(s, generator=gen, dtype=dtype) * 0.3 for s in shapes]
+    params[3] = params[3].contiguous(memory_format=torch.channels_last)
+    grads = [[torch.randn(p.shape, generator=gen, dtype=dtype).contiguous(memory_format=_format(p)) * 0.1
+              for p in params] for _ in range(6)]
+    return params, grads
+
+
+def _format(p: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if p.ndim == 4 and not p.is_contiguous() else torch.contiguous_format
+
+
+def run(params: list[torch.Tensor], grads: list[list[torch.Tensor]], *, decoupled: bool,
+        opt: ProxAdam | None = None) -> tuple[list[torch.Tensor], ProxAdam]:
+    """Six steps; λ changes after the third, the prox is off for the fifth."""
+    params = [p.clone().requires_grad_(True) for p in params]
+    opt = opt or ProxAdam([dict(params=params, penalty="l1_l2", lambda_=0.02)], lr=0.05, weight_decay=0.1,
+                          decoupled_weight_decay=decoupled)
+    for k, step in enumerate(grads):
+        opt.param_groups[0]["lambda_"] = 0.02 if k < 3 else 0.05
+        opt.param_groups[0]["prox"] = k != 4
+        for p, g in zip(params, step):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach() for p in params], opt
+
+
+@pytest.mark.parametrize("decoupled", [True, False], ids=["adamw", "adam"])
+def test_the_fused_step_matches_adam_then_the_torch_prox(decoupled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kernel.library() is None:
+        pytest.skip("no C compiler here")
+    params, grads = params_and_grads()
+    fused, opt = run(params, grads, decoupled=decoupled)
+    assert all("prox_norms" in opt.state[p] for p in opt.param_groups[0]["params"])  # the kernel took the steps
+    torch_code(monkeypatch)
+    ref, _ = run(params, grads, decoupled=decoupled)
+    for a, b in zip(fused, ref):
+        assert a.stride() == b.stride()
+        assert torch.equal(a.eq(0), b.eq(0))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert any(bool(a.eq(0).any()) for a in fused)
+
+
+def test_a_step_without_the_kernel_drops_the_expansion_points() -> None:
+    params, grads = params_and_grads()
+    _, opt = run(params, grads[:5], decoupled=True)  # the fifth step has the prox off
+    assert not any("prox_norms" in opt.state[p] for p in opt.param_groups[0]["params"])
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    params, grads = params_and_grads(seed=3)
+    torch.set_num_threads(1)
+    one, _ = run(params, grads, decoupled=True)
+    torch.set_num_threads(2)
+    two, _ = run(params, grads, decoupled=True)
+    torch.set_num_threads(1)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("bad", ["zeros", "huge", "tiny", "nan", "negative", "float64", "short"])
+def test_any_expansion_points_give_the_same_step(bad: str) -> None:
+    """Expansion points only decide how many groups the moments certify, never the result."""
+    if kernel.library() is None:
+        pytest.skip("no C compiler here")
+    params, grads = params_and_grads(seed=5)
+    _, opt = run(params, grads[:4], decoupled=True)  # the fourth step leaves expansion points
+    twin = copy.deepcopy(opt)
+    for p in twin.param_groups[0]["params"]:
+        norms = twin.state[p]["prox_norms"]
+        twin.state[p]["prox_norms"] = {
+            "zeros": torch.zeros_like(norms), "huge": torch.full_like(norms, 1e30), "tiny": torch.full_like(norms, 1e-30),
+            "nan": torch.full_like(norms, math.nan), "negative": -norms, "float64": norms.double(), "short": norms[1:],
+        }[bad]
+    outs = []
+    for o in (opt, twin):
+        ps = o.param_groups[0]["params"]
+        with torch.no_grad():
+            for p, g in zip(ps, grads[5]):
+                p.grad = g.clone()
+        o.step()
+        outs.append([p.detach().clone() for p in ps])
+    for a, b in zip(*outs):
+        assert torch.equal(a.eq(0), b.eq(0))
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-7)
