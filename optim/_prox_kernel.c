@@ -55,6 +55,7 @@ typedef struct {
 } pk_job;
 
 #define MAX_POSITIONS 8192 /* per tile: long rows (streamed), sums that stay in L2 */
+#define TOO_LARGE -2       /* a group with more than MAX_POSITIONS elements per row: left to the torch code */
 #define SCRATCH 10 /* acc, n0..n4, Ag, rho_p, rmax_p, s_p */
 
 /* The rules of optim.prox._moment_root for one group (float64), torch's NaN semantics kept:
@@ -105,16 +106,19 @@ static void moment_root(double A, double rho, double r_max, const double *n, dou
     }
     const double under = 2 * size * tiny * (r_max * r_max + r_max + 1);
     const double rounding = (3 + 16 * ad * rbar) * eps + under / n0;
+    /* 1 - rho r cancels when rho d >> tau: its rounding (a few eps, absolute) is amplified by
+     * 1/gap, and the margins of both tests grow with it. */
     double jensen = 1 - rho * rbar;
     jensen = isnan(jensen) ? jensen : (jensen < 0 ? 0 : jensen);
     const double lower = n0 / (jensen * jensen);
+    const double lower_margin = 32 * eps + 32 * eps / jensen;
     const int certified = (fabs(f - 1) <= 4 * eps) && (0.6 * one_sided + 1.2 * defect + rounding <= 0.6 * tol) &&
-                          (theta > 0) && (size * tiny_normal / eps <= A) && (lower * (1 - 32 * eps) > 1);
+                          (theta > 0) && (size * tiny_normal / eps <= A) && (lower * (1 - lower_margin) > 1);
     double gap = 1 - rho * r_max;
     gap = isnan(gap) ? gap : (gap < 0 ? 0 : gap);
     const double chord = 1 / (gap * gap) - 1;
     const double bound = (n0 + under) * (1 + (r_max > 0 ? chord * rbar / r_max : INFINITY));
-    const int zero = bound * (1 + 32 * eps) <= 1;
+    const int zero = bound * (1 + 32 * eps + 16 * eps / gap) <= 1;
     double estimate = theta + one_sided / (4 * psi);
     estimate = isnan(estimate) ? 0 : (isinf(estimate) ? (estimate > 0 ? DBL_MAX : -DBL_MAX) : estimate);
     double start = (isnan(theta) || isinf(theta)) ? 0 : theta;
@@ -146,7 +150,7 @@ static void moment_root(double A, double rho, double r_max, const double *n, dou
         for (int64_t i = 0; i < n; i++) {                                                                      \
             ADAM(T, SQRT, x, g, m, v, xi, d)                                                                   \
             acc[i] += (double)xi * (double)xi;                                                                 \
-            MOMENTS(T, xi, d)                                                                                  \
+            MOMENTS_FAST(T, xi, d)                                                                             \
         }                                                                                                      \
     }                                                                                                          \
     /* The same for two rows (x, ...) and (y, ...), whose terms are added in T before the double sums   \
@@ -200,14 +204,21 @@ static void moment_root(double A, double rho, double r_max, const double *n, dou
 #define ADAM(T, SQRT, X, G, M, V, XI, D)                                                                      \
     const T G##i_ = wd != 0 ? G[i] + wd * X[i] : G[i];                                                         \
     const T M##i_ = M[i] + w1 * (G##i_ - M[i]);                                                                \
-    const T V##i_ = V[i] * beta2 + w2 * (G##i_ * G##i_);                                                       \
+    const T V##i_ = V[i] * beta2 + w2 * G##i_ * G##i_; /* as addcmul: (w2 g) g, finite up to g ~ 1e20 */    \
     const T D = SQRT(V##i_) + c;                                                                               \
     const T XI = X[i] * decay - alpha * (M##i_ / D);                                                           \
     M[i] = M##i_, V[i] = V##i_, X[i] = XI;
 
-/* r = 1/(rho + tau/d), as d/(rho d + tau) (one division), and the terms X^2 r^(2+k), formed in T, summed in double. */
-#define MOMENTS(T, X, D)                                                                                      \
-    const T r = D / (rho[i] * D + tau);                                                                        \
+/* r = 1/(rho + tau/d), as torch forms it (finite for d = inf), and the terms X^2 r^(2+k), formed
+ * in T, summed in double. */
+#define MOMENTS(T, X, D) MOMENTS_R(T, X, (T)1 / (rho[i] + tau / D))
+
+/* The same with r = d/(rho d + tau), one division less, for the fused pass: an infinite d makes it
+ * NaN, and such a group gets its second round with MOMENTS. */
+#define MOMENTS_FAST(T, X, D) MOMENTS_R(T, X, D / (rho[i] * D + tau))
+
+#define MOMENTS_R(T, X, R)                                                                                    \
+    const T r = R;                                                                                             \
     T s = (X) * (X);                                                                                           \
     s = s * r;                                                                                                 \
     s = s * r;                                                                                                 \
@@ -222,7 +233,7 @@ static void moment_root(double A, double rho, double r_max, const double *n, dou
     s = s * r;                                                                                                 \
     n4[i] += s;
 
-/* The same for two elements X (metric D) and Y (metric E) of one position, their terms added in T. */
+/* MOMENTS_FAST for two elements X (metric D) and Y (metric E) of one position, their terms added in T. */
 #define MOMENTS2(T, X, D, Y, E)                                                                               \
     const T r = D / (rho[i] * D + tau), q = E / (rho[i] * E + tau);                                            \
     T s = (X) * (X), t = (Y) * (Y);                                                                            \
@@ -312,11 +323,12 @@ DEFINE_ROWS(double, sqrt)
         for (int64_t gr = 0; gr < k; gr++) {                                                                     \
             const int64_t gi = tt->g0 + j0 + gr;                                                                 \
             /* Round 0 from the tile's sums; a group left open gets round 1: its moments again, about    \
-             * the model's root (which it was not certified at, but is close to). */                      \
+             * the model's root (which it was not certified at, but is close to), or ||x|| if none. */    \
             for (int round = 0; round < 2; round++) {                                                            \
                 if (round == 1) {                                                                                \
-                    const double st = job->start[gi];                                                            \
-                    if (job->settled[gi] || !(st > 0 && st < INFINITY)) break;                                   \
+                    const double root = job->start[gi];                                                          \
+                    const double st = root > 0 && root < INFINITY ? root : sqrt(Ag[gr]);                         \
+                    if (job->settled[gi] || !(st < INFINITY)) break;                                             \
                     for (int64_t a = 0; a < A; a++)                                                              \
                         for (int64_t b = 0; b < B; b++) {                                                        \
                             const int64_t p = a * run + gr * B + b;                                              \
@@ -381,12 +393,15 @@ static int by_cost(const void *a, const void *b) {
 
 /* The weighted lasso prox of n tensors of one dtype, each first updated by Adam when its g is
  * set; per-group outputs theta (0 for zero groups), start (a Newton start for open groups)
- * and settled. Returns 0, or -1 when memory ran out (before anything was written). nthreads
+ * and settled. Returns 0, or before anything is written -1 when memory ran out and TOO_LARGE
+ * for a group too large for the scratch. nthreads
  * workers take the tiles, largest first, as they become free: a tile's results do not
  * depend on which worker computes it. */
 int pk_lasso(const pk_tensor *tensors, int64_t n, int is_double, double beta1, double beta2, double tol,
              double *theta, double *start, uint8_t *settled, int nthreads) {
     int64_t count = 0, max_positions = 1, next = 0;
+    for (int64_t t = 0; t < n; t++)
+        if (tensors[t].A * tensors[t].B > MAX_POSITIONS) return TOO_LARGE;
     for (int64_t t = 0; t < n; t++) {
         const pk_tensor *tt = tensors + t;
         const int64_t k = groups_per_tile(tt);

@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ SOURCE = Path(__file__).with_name("_prox_kernel.c")
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread"]
 _ARCH = {"AVX512": ["-march=x86-64-v4", "-mprefer-vector-width=512"], "AVX2": ["-march=x86-64-v3"]}
 DTYPES = (torch.float32, torch.float64)
+_TOO_LARGE = -2  # pk_lasso's status for a group with more than MAX_POSITIONS elements per row
 
 
 class _Tensor(ctypes.Structure):
@@ -164,30 +166,39 @@ def layout(t: Tensor) -> tuple[int, int, int, int] | None:
 def usable(xs: Sequence[Tensor], *others: Sequence[Tensor]) -> bool:
     """Whether the kernel takes these tensors (and ``others``, aligned with them, laid out alike).
 
-    CPU, float32 or float64, elements and groups in every tensor, views it can walk, and it is built.
+    One CPU device and one dtype, float32 or float64; elements and groups in every tensor;
+    views it can walk; no two tensors sharing memory (its threads update them at once); built.
     """
+    if not xs or xs[0].device.type != "cpu" or xs[0].dtype not in DTYPES:
+        return False
+    for i, x in enumerate(xs):
+        if x.dtype != xs[0].dtype or x.device != xs[0].device or not x.numel() or layout(x) is None:
+            return False
+        if not all(_alike(o[i], x) for o in others):
+            return False
+    spans = sorted((x.data_ptr(), x.data_ptr() + x.numel() * x.element_size()) for x in xs)
+    if any(end > start for (_, end), (start, _) in pairwise(spans)):
+        return False
+    return library() is not None
+
+
+def _alike(a: Tensor, x: Tensor) -> bool:
+    """Same shape, dtype and device as x, and the same strides where they matter (dims longer than 1)."""
     return (
-        bool(xs)
-        and xs[0].device.type == "cpu"
-        and xs[0].dtype in DTYPES
-        and all(
-            x.numel() > 0 and layout(x) is not None
-            and all(o[i].dtype == x.dtype and o[i].device == x.device and o[i].stride() == x.stride()
-                    and o[i].shape == x.shape for o in others)
-            for i, x in enumerate(xs)
-        )
-        and library() is not None
+        a.shape == x.shape and a.dtype == x.dtype and a.device == x.device
+        and all(sa == sx for sa, sx, n in zip(a.stride(), x.stride(), x.shape) if n > 1)
     )
 
 
 def weighted_lasso(
     xs: Sequence[Tensor], ds: Sequence[Tensor] | None, taus: Sequence[float], tol: float, *,
     adam: AdamUpdate | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor] | None:
     """Run the kernel on tensors ``usable`` took (all τ > 0).
 
     Returns per group float64 θ (0 for zero groups), a float64 Newton start and whether the
-    group was settled.
+    group was settled; or None, having changed nothing, when a group is too large for the
+    kernel's scratch (more than 8192 elements in one row of a tensor: huge spatial kernels).
 
     Settled groups are written (z, or 0); open ones are left as they are (after ``adam``'s
     update, whose metric is d = √v + c; without it ``ds`` is the metric).
@@ -203,7 +214,8 @@ def weighted_lasso(
             spec.g, spec.m, spec.v = adam.grads[i].data_ptr(), adam.exp_avgs[i].data_ptr(), adam.exp_avg_sqs[i].data_ptr()
             spec.c, spec.alpha, spec.decay, spec.wd = adam.offsets[i], adam.alphas[i], adam.decay, adam.weight_decay
             norms = adam.norms[i]
-            if norms is not None and norms.dtype == x.dtype and norms.device == x.device and norms.shape == (x.shape[1],):
+            if (isinstance(norms, Tensor) and norms.dtype == x.dtype and norms.device == x.device
+                    and norms.shape == (x.shape[1],) and norms.is_contiguous()):
                 spec.rho = norms.data_ptr()
         spec.O, spec.A, spec.C, spec.B = layout(x)
         g0 += x.shape[1]
@@ -212,6 +224,8 @@ def weighted_lasso(
     betas = (adam.beta1, adam.beta2) if adam is not None else (0.0, 0.0)
     status = lib.pk_lasso(specs, len(xs), xs[0].dtype == torch.float64, *betas, tol, theta.data_ptr(),
                           start.data_ptr(), settled.data_ptr(), torch.get_num_threads())
+    if status == _TOO_LARGE:
+        return None
     if status != 0:
         raise MemoryError("prox kernel: out of memory for its scratch buffers")
     return theta, start, settled

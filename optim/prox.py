@@ -56,8 +56,8 @@ flat vector; no Python loop over groups, nor over tensors beyond one call per op
 On the CPU the weighted lasso's steps 1 and 3 run in the C kernel of :mod:`optim.kernel`
 (float32/float64 tensors, contiguous or channels-last), one tile of whole groups at a time
 while the tile is in cache, with these rules ported one to one (the torch code here is their
-reference, and runs on other devices and without a compiler). The kernel sums in double, forms
-r as d/(ρd + τ), writes z = x·d/(d + s), and expands the moments about any ρ ≥ 0 it is given
+reference, and runs on other devices and without a compiler). The kernel sums in double,
+writes z = x·d/(d + s), and expands the moments about any ρ ≥ 0 it is given
 (:func:`adam_group_l1_l2_` fuses Adam's update into the moment pass, about the last step's
 norms); a group its moments do not certify gets a second round about the model's root before
 it goes to the float64 rows. ``GSMTL_PROX_KERNEL=0`` turns it off.
@@ -133,10 +133,7 @@ def prox_group_l1_l2_(
             _plain_l1_l2_(batch)
         else:
             batch.materialise()
-            if kernel.usable(batch.xs, batch.ds):
-                _kernel_lasso_(batch)
-            else:
-                _weighted_lasso_(batch)
+            (_kernel_lasso_ if kernel.usable(batch.xs, batch.ds) else _weighted_lasso_)(batch)
         batch.write_back()
 
 
@@ -200,8 +197,10 @@ def adam_group_l1_l2_(
         return None
     update = kernel.AdamUpdate(grads=gs, exp_avgs=ms, exp_avg_sqs=vs, offsets=offsets, alphas=alphas, norms=starts,
                                decay=decay, weight_decay=weight_decay, beta1=betas[0], beta2=betas[1])
-    theta, start, settled = kernel.weighted_lasso(xs, None, taus, _tol(xs[0].dtype), adam=update)
-    theta = _solve_open_(xs, vs, taus, theta, start, settled, offsets)
+    result = kernel.weighted_lasso(xs, None, taus, _tol(xs[0].dtype), adam=update)
+    if result is None:
+        return None
+    theta = _solve_open_(xs, vs, taus, *result, offsets)
     for i, part in zip(live, theta.split([x.shape[1] for x in xs])):
         out[i] = part.to(tensors[i].dtype)
     return out
@@ -426,8 +425,11 @@ def _weighted_lasso_(batch: _Batch) -> None:
 def _kernel_lasso_(batch: _Batch) -> None:
     """The C kernel settles and writes most groups tile by tile; the open ones are solved on float64 rows."""
     xs = batch.xs
-    theta, start, settled = kernel.weighted_lasso(xs, batch.ds, batch.taus, _tol(xs[0].dtype))
-    _solve_open_(xs, batch.ds, batch.taus, theta, start, settled)
+    result = kernel.weighted_lasso(xs, batch.ds, batch.taus, _tol(xs[0].dtype))
+    if result is None:  # a group too large for the kernel's scratch
+        _weighted_lasso_(batch)
+        return
+    _solve_open_(xs, batch.ds, batch.taus, *result)
 
 
 def _solve_open_(
@@ -529,15 +531,17 @@ def _moment_root(
         defect = torch.where(two, (3 * ad**2 * m**4 + 4 * a.abs() * ad**3 * m**5) * e2 + 4 * ad**3 * m**5 * e3, defect)
     under = 2 * size * tiny * (r_max * r_max + r_max + 1)  # absolute underflow of the n_0 sum
     rounding = (3 + 16 * ad * rbar) * eps + under / n0  # of n_0, n_1 themselves (see the module docstring)
-    lower = n0 / (1 - rho * rbar).clamp(min=0.0) ** 2  # F(0) ≥ this: (1 − ρr)⁻² is convex (Jensen)
+    # 1 − ρr cancels when ρd ≫ τ: its rounding (a few eps, absolute) grows by 1/gap in both tests
+    jensen = (1 - rho * rbar).clamp(min=0.0)
+    lower = n0 / jensen**2  # F(0) ≥ this: (1 − ρr)⁻² is convex (Jensen)
     certified = (
         ((f - 1).abs() <= 4 * eps) & (0.6 * one_sided + 1.2 * defect + rounding <= 0.6 * _tol(dtype))
         & (theta > 0) & (size * torch.finfo(dtype).tiny / eps <= A)  # no term of ‖x‖² near the underflow
-        & (lower * (1 - _margin(dtype)) > 1)  # not within rounding of the zero branch
+        & (lower * (1 - _margin(dtype) - 32 * eps / jensen) > 1)  # not within rounding of the zero branch
     )
-    chord = (1 - rho * r_max).clamp(min=0.0) ** -2 - 1
-    bound = (n0 + under) * (1 + torch.where(r_max > 0, chord * rbar / r_max, torch.inf))
-    zero = bound * (1 + _margin(dtype)) <= 1  # F(0) ≤ 1 for certain
+    gap = (1 - rho * r_max).clamp(min=0.0)
+    bound = (n0 + under) * (1 + torch.where(r_max > 0, (gap**-2 - 1) * rbar / r_max, torch.inf))
+    zero = bound * (1 + _margin(dtype) + 16 * eps / gap) <= 1  # F(0) ≤ 1 for certain
     estimate = (theta + one_sided / (4 * psi)).nan_to_num(0.0)
     theta_out = torch.where(certified & ~zero, estimate, 0.0)
     start = theta.nan_to_num(0.0, posinf=0.0, neginf=0.0).clamp(min=0.0)

@@ -227,3 +227,132 @@ def test_any_expansion_points_give_the_same_step(bad: str) -> None:
     for a, b in zip(*outs):
         assert torch.equal(a.eq(0), b.eq(0))
         torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- regressions (an adversarial review)
+def needs_kernel() -> None:
+    if kernel.library() is None:
+        pytest.skip("no C compiler here")
+
+
+def steps_both_ways(make, monkeypatch: pytest.MonkeyPatch, steps: int = 3) -> tuple[list, list]:
+    """Parameters after ``steps`` steps of ``make()`` = (params, optimizer, grads per step), kernel then torch code."""
+    outs = []
+    for off in (False, True):
+        if off:
+            torch_code(monkeypatch)
+        params, opt, grads = make()
+        for k in range(steps):
+            for p, g in zip(params, grads[k]):
+                p.grad = g.clone()
+            opt.step()
+        outs.append([p.detach().clone() for p in params])
+    return outs[0], outs[1]
+
+
+def test_regression_tensors_of_two_dtypes_in_one_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One dtype per kernel call: a parameter turned float64 after the optimizer was built once corrupted the heap."""
+    needs_kernel()
+
+    def make():
+        gen = torch.Generator().manual_seed(0)
+        a = torch.nn.Parameter(torch.randn(64, 32, generator=gen))
+        b = torch.nn.Parameter(torch.randn(64, 32, generator=gen))
+        opt = ProxAdam([a, b], lr=1e-2, penalty="l1_l2", lambda_=0.1, fused=True)
+        a.data = a.data.double()
+        grads = [[torch.randn(64, 32, generator=gen, dtype=F64), torch.randn(64, 32, generator=gen)] for _ in range(3)]
+        return [a, b], opt, grads
+
+    fused, ref = steps_both_ways(make, monkeypatch)
+    for x, y in zip(fused, ref):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_regression_the_same_tensor_twice_goes_to_the_torch_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_kernel()
+    w = torch.randn(256, 64)
+    d = torch.rand(256, 64) + 0.5
+    assert not kernel.usable([w, w], [d, d])
+    assert not kernel.usable([w[:128], w[64:]], [d[:128], d[64:]])  # overlapping views too
+    assert kernel.usable([w[:128], w[128:]], [d[:128], d[128:]])
+
+
+def test_regression_expansion_points_far_above_the_norms_zero_no_live_group() -> None:
+    """1 − ρr cancels when ρd ≫ τ; the zero test's margin must grow with it."""
+    needs_kernel()
+    from optim.prox import adam_group_l1_l2_
+
+    n, groups, tau = 16, 2000, 0.5
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, groups, generator=gen, dtype=F64)
+    x *= tau * (1 + torch.logspace(-6, -4, groups, dtype=F64)) / (2 * x.norm(dim=0))  # ‖Dx‖ just above τ, d = 2
+    for dtype, factor in ((F32, 1e3), (F64, 1e11)):
+        z = x.to(dtype)
+        live = (2 * z.double()).norm(dim=0) > tau
+        adam_group_l1_l2_(
+            [z], grads=[torch.zeros_like(z)], exp_avgs=[torch.zeros_like(z)], exp_avg_sqs=[torch.full_like(z, 4.0)],
+            norms=[factor * z.norm(dim=0)], alpha=[1.0], sqrt_offsets=[0.0], lam=tau / 4, reweight=True,
+            decay=1.0, weight_decay=0.0, betas=(0.9, 1.0))
+        assert not bool(z.eq(0).all(0)[live].any())
+
+
+def test_regression_strided_expansion_points_are_not_read() -> None:
+    needs_kernel()
+    params, grads = params_and_grads(seed=7)
+    _, opt = run(params, grads[:4], decoupled=True)
+    twin = copy.deepcopy(opt)
+    for p in twin.param_groups[0]["params"]:
+        norms = twin.state[p]["prox_norms"]
+        twin.state[p]["prox_norms"] = norms[:1].expand(norms.shape)  # stride 0: once read past its storage
+    outs = []
+    for o in (opt, twin):
+        for p, g in zip(o.param_groups[0]["params"], grads[5]):
+            p.grad = g.clone()
+        o.step()
+        outs.append([p.detach().clone() for p in o.param_groups[0]["params"]])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-7)
+
+
+def test_regression_a_gradient_spike_leaves_the_weights_finite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(1 − β₂)·g·g as addcmul forms it (finite at g = 1e20); r finite when d is infinite."""
+    needs_kernel()
+
+    def make():
+        gen = torch.Generator().manual_seed(1)
+        p = (torch.randn(64, 32, generator=gen) * 0.1).requires_grad_(True)
+        grads = [[torch.randn(64, 32, generator=gen) * 1e-2] for _ in range(3)]
+        grads[1][0][5] = 1e20
+        return [p], ProxAdam([p], lr=1e-3, penalty="l1_l2", lambda_=1e-3), grads
+
+    (fused,), (ref,) = steps_both_ways(make, monkeypatch)
+    assert bool(fused.isfinite().all()) and torch.equal(fused.eq(0), ref.eq(0))
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_regression_one_minus_beta_is_formed_in_double(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In float32, 1 − 0.9999999f loses every digit; torch forms 1 − β₂ in double."""
+    needs_kernel()
+
+    def make():
+        gen = torch.Generator().manual_seed(2)
+        p = torch.randn(32, 16, 3, 3, generator=gen).requires_grad_(True)
+        grads = [[torch.randn(32, 16, 3, 3, generator=gen)] for _ in range(3)]
+        return [p], ProxAdam([p], lr=1e-3, betas=(0.9, 0.9999999), penalty="l1_l2", lambda_=1e-3), grads
+
+    (fused,), (ref,) = steps_both_ways(make, monkeypatch)
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_a_group_too_large_for_the_scratch_goes_to_the_torch_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_kernel()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 96, 96, generator=gen)  # 9216 elements per row and group
+    d = torch.rand(2, 3, 96, 96, generator=gen) + 0.5
+    assert kernel.weighted_lasso([x.clone()], [d], [1.0], 1e-6) is None
+    z = x.clone()
+    prox_group_l1_l2_([z], alpha=1.0, lam=0.002, denoms=[d])
+    torch_code(monkeypatch)
+    ref = x.clone()
+    prox_group_l1_l2_([ref], alpha=1.0, lam=0.002, denoms=[d])
+    assert torch.equal(z, ref)
