@@ -217,6 +217,14 @@ def _bias_corrections(steps: list[Tensor], beta1: float, beta2: float, lr: float
     return [lr / (1 - beta1**t) for t in counts], [(1 - beta2**t) ** 0.5 for t in counts]
 
 
+def _fused_metric(
+    steps: list[Tensor], beta1: float, beta2: float, lr: float, eps: float, ahead: int = 0
+) -> tuple[list[float], list[float]]:
+    """The fused path's step sizes α·√(1 − β₂ᵗ) and metric offsets ε√(1 − β₂ᵗ) (d = √v + offset)."""
+    alphas, bc2_sqrt = _bias_corrections(steps, beta1, beta2, lr, ahead)
+    return [a * b for a, b in zip(alphas, bc2_sqrt)], [eps * b for b in bc2_sqrt]
+
+
 def _kernel_step(
     group: dict[str, Any],
     params: list[Tensor],
@@ -241,11 +249,10 @@ def _kernel_step(
     resumed run computes what the uninterrupted one did). Returns False, having changed
     nothing, when the kernel does not take these parameters.
     """
-    alphas, bc2_sqrt = _bias_corrections(steps, beta1, beta2, lr, ahead=1)
+    alphas, offsets = _fused_metric(steps, beta1, beta2, lr, eps, ahead=1)
     norms = adam_group_l1_l2_(
         params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
-        norms=[state.get("prox_norms") for state in states],
-        alpha=[a * b for a, b in zip(alphas, bc2_sqrt)], sqrt_offsets=[eps * b for b in bc2_sqrt],
+        norms=[state.get("prox_norms") for state in states], alpha=alphas, sqrt_offsets=offsets,
         lam=group["lambda_"], reweight=group["reweight"],
         decay=1 - lr * weight_decay if decoupled else 1.0, weight_decay=0.0 if decoupled else weight_decay,
         betas=(beta1, beta2),
@@ -279,8 +286,7 @@ def _fused_adam(
         params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
         weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False,
     )
-    alphas, bc2_sqrt = _bias_corrections(steps, beta1, beta2, lr)
-    return [a * b for a, b in zip(alphas, bc2_sqrt)], [eps * b for b in bc2_sqrt]
+    return _fused_metric(steps, beta1, beta2, lr, eps)
 
 
 def _multi_tensor_adam(
