@@ -10,7 +10,8 @@ certify gets a second round about the model's root, and one still open is solved
 float64 rows of :mod:`optim.prox`.
 
 The source is compiled once per machine kind with the system C compiler (``$CC``, else
-``cc``) into ``$XDG_CACHE_HOME/gsmtl`` (``~/.cache/gsmtl``), named by a hash of the source,
+``cc``) into ``$XDG_CACHE_HOME/gsmtl`` (``~/.cache/gsmtl``; a user folder in the temp dir when
+that is not writable), named by a hash of the source,
 flags, compiler and the CPU's vector capability, so an edited source, another compiler or a
 node with other vector units gets its own build (a compiler that rejects the vector flags
 builds without them). It is loaded with :mod:`ctypes`, which releases the GIL during the
@@ -88,8 +89,16 @@ def _arch_flags() -> list[str]:
     return _ARCH.get(torch.backends.cpu.get_cpu_capability(), []) if platform.machine() in ("x86_64", "AMD64") else []
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gsmtl"
+def _cache_dirs() -> list[Path]:
+    """Where builds are kept: the user's cache, else (read-only home) a folder of this user in the temp dir."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gsmtl"
+    return [home, Path(tempfile.gettempdir()) / f"gsmtl-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]
+
+
+def _ours(folder: Path) -> bool:
+    """Whether only this user can write the folder: a library someone else could plant is never loaded."""
+    info = folder.stat()
+    return (not hasattr(os, "getuid") or info.st_uid == os.getuid()) and not info.st_mode & 0o022
 
 
 def _compiler_version(cc: str) -> str:
@@ -102,12 +111,24 @@ def _build() -> Path:
     cc = os.environ.get("CC", "cc")
     arch = _arch_flags()
     key = "\0".join([SOURCE.read_text(), *_FLAGS, *arch, _compiler_version(cc), platform.machine()])
-    target = _cache_dir() / f"prox-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".prox-", suffix=".so")
+    name = f"prox-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    for folder in _cache_dirs():
+        if (folder / name).exists() and _ours(folder):
+            return folder / name
+    unwritable: OSError = PermissionError("no cache folder of this user")
+    for folder in _cache_dirs():
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _ours(folder):
+                continue
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prox-", suffix=".so")
+            break
+        except OSError as err:
+            unwritable = err
+    else:
+        raise unwritable
     os.close(fd)
+    target = folder / name
     try:
         try:
             _compile(cc, [*_FLAGS, *arch], tmp)

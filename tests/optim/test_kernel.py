@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,8 @@ def test_the_kernel_builds_where_there_is_a_compiler() -> None:
 
 
 def test_the_build_is_cached_and_reused(fresh_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here")
     assert kernel.library() is not None
     (built,) = fresh_library.glob("prox-*.so")
     assert not list(fresh_library.glob(".prox-*"))  # no temporary file left behind
@@ -356,3 +359,17 @@ def test_a_group_too_large_for_the_scratch_goes_to_the_torch_code(monkeypatch: p
     ref = x.clone()
     prox_group_l1_l2_([ref], alpha=1.0, lam=0.002, denoms=[d])
     assert torch.equal(z, ref)
+
+
+def test_a_cache_folder_others_can_write_is_not_used(fresh_library: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """A library someone else could have planted is never loaded: the build goes to the next folder."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here")
+    fresh_library.mkdir(parents=True)
+    fresh_library.chmod(0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert kernel.library() is not None
+    assert not list(fresh_library.glob("prox-*.so"))
+    assert list((tmp_path / "tmp").glob("gsmtl-*/prox-*.so"))
