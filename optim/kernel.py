@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -101,16 +102,16 @@ def _ours(folder: Path) -> bool:
     return (not hasattr(os, "getuid") or info.st_uid == os.getuid()) and not info.st_mode & 0o022
 
 
-def _compiler_version(cc: str) -> str:
-    out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=True)
-    return out.stdout.splitlines()[0] if out.stdout else cc
+def _compiler_version(cc: list[str]) -> str:
+    out = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.splitlines()[0] if out.stdout else " ".join(cc)
 
 
 def _build() -> Path:
     """Compile the source unless this build is cached; the library's path. Raises OSError/SubprocessError."""
-    cc = os.environ.get("CC", "cc")
+    cc = shlex.split(os.environ.get("CC") or "cc")  # CC may carry flags ("gcc -m64"), as make allows
     arch = _arch_flags()
-    key = "\0".join([SOURCE.read_text(), *_FLAGS, *arch, _compiler_version(cc), platform.machine()])
+    key = "\0".join([SOURCE.read_text(), *cc, *_FLAGS, *arch, _compiler_version(cc), platform.machine()])
     name = f"prox-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     for folder in _cache_dirs():
         if (folder / name).exists() and _ours(folder):
@@ -143,8 +144,8 @@ def _build() -> Path:
     return target
 
 
-def _compile(cc: str, flags: list[str], out: str) -> None:
-    subprocess.run([cc, *flags, "-o", out, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300, check=True)
+def _compile(cc: list[str], flags: list[str], out: str) -> None:
+    subprocess.run([*cc, *flags, "-o", out, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300, check=True)
 
 
 @functools.cache
@@ -153,7 +154,12 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("GSMTL_PROX_KERNEL", "1") == "0":
         return None
     try:
-        lib = ctypes.CDLL(str(_build()))
+        path = _build()
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a damaged build (a disk that filled up, say): build it again, once
+            path.unlink(missing_ok=True)
+            lib = ctypes.CDLL(str(_build()))
     except subprocess.CalledProcessError as err:
         first = (err.stderr or "").strip().splitlines()[:1]
         log.warning("prox kernel: the C build failed (%s); the torch code runs instead", first[0] if first else err)

@@ -373,3 +373,20 @@ def test_a_cache_folder_others_can_write_is_not_used(fresh_library: Path, monkey
     assert kernel.library() is not None
     assert not list(fresh_library.glob("prox-*.so"))
     assert list((tmp_path / "tmp").glob("gsmtl-*/prox-*.so"))
+
+
+def test_a_damaged_build_is_built_again(fresh_library: Path) -> None:
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here")
+    built = kernel._build()  # built, not loaded: a loaded library's file must not be written over
+    built.write_bytes(b"not a shared library")
+    assert kernel.library() is not None
+    assert built.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_compiler_given_with_flags(fresh_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("CC", f"{cc} -Wall")
+    assert kernel.library() is not None
