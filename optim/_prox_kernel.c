@@ -380,15 +380,24 @@ static void *run_job(void *arg) {
     return NULL;
 }
 
-static int64_t groups_per_tile(const pk_tensor *tt) {
+/* Groups per tile: at most MAX_POSITIONS positions (long rows stream fastest), and a tensor larger
+ * than one worker's share of the call in two tiles per worker (tiles do not change any group's
+ * result: each is computed from its own rows). */
+static int64_t groups_per_tile(const pk_tensor *tt, int nthreads, int64_t total) {
     const int64_t ab = tt->A * tt->B;
-    const int64_t k = MAX_POSITIONS / ab < tt->C ? MAX_POSITIONS / ab : tt->C;
+    int64_t k = MAX_POSITIONS / ab < tt->C ? MAX_POSITIONS / ab : tt->C;
+    if (nthreads > 1 && tt->O * ab * tt->C > total / nthreads) {
+        const int64_t share = (tt->C + 2 * nthreads - 1) / (2 * nthreads);
+        if (share < k) k = share;
+    }
     return k < 1 ? 1 : k;
 }
 
 static int by_cost(const void *a, const void *b) {
     const pk_tile *p = (const pk_tile *)a, *q = (const pk_tile *)b;
-    return p->cost != q->cost ? (p->cost < q->cost ? 1 : -1) : (p->t != q->t ? (p->t < q->t ? -1 : 1) : (p->j0 < q->j0 ? -1 : 1));
+    if (p->cost != q->cost) return p->cost < q->cost ? 1 : -1;
+    if (p->t != q->t) return p->t < q->t ? -1 : 1;
+    return (p->j0 > q->j0) - (p->j0 < q->j0);
 }
 
 /* The weighted lasso prox of n tensors of one dtype, each first updated by Adam when its g is
@@ -400,16 +409,20 @@ static int by_cost(const void *a, const void *b) {
 int pk_lasso(const pk_tensor *tensors, int64_t n, int is_double, double beta1, double beta2, double tol,
              double *theta, double *start, uint8_t *settled, int nthreads) {
     int64_t count = 0, max_positions = 1, next = 0;
-    for (int64_t t = 0; t < n; t++)
+    if (nthreads < 1) nthreads = 1;
+    const int split = nthreads; /* the tiling's worker count, before it is capped by the tiles */
+    int64_t total = 0;
+    for (int64_t t = 0; t < n; t++) {
         if (tensors[t].A * tensors[t].B > MAX_POSITIONS) return TOO_LARGE;
+        total += tensors[t].O * tensors[t].A * tensors[t].B * tensors[t].C;
+    }
     for (int64_t t = 0; t < n; t++) {
         const pk_tensor *tt = tensors + t;
-        const int64_t k = groups_per_tile(tt);
+        const int64_t k = groups_per_tile(tt, split, total);
         count += (tt->C + k - 1) / k;
         if (k * tt->A * tt->B > max_positions) max_positions = k * tt->A * tt->B;
     }
     if (count == 0) return 0;
-    if (nthreads < 1) nthreads = 1;
     if (nthreads > count) nthreads = (int)count;
     pk_tile *tiles = malloc(sizeof(pk_tile) * count);
     pk_job *jobs = calloc(nthreads, sizeof(pk_job));
@@ -422,7 +435,7 @@ int pk_lasso(const pk_tensor *tensors, int64_t n, int is_double, double beta1, d
     }
     int64_t i = 0;
     for (int64_t t = 0; t < n; t++) {
-        const int64_t k = groups_per_tile(tensors + t);
+        const int64_t k = groups_per_tile(tensors + t, split, total);
         for (int64_t j = 0; j < tensors[t].C; j += k, i++) {
             const pk_tensor *tt = tensors + t;
             tiles[i].t = t, tiles[i].j0 = j, tiles[i].j1 = j + k < tt->C ? j + k : tt->C;

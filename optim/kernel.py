@@ -15,9 +15,10 @@ that is not writable), named by a hash of the source,
 flags, compiler and the CPU's vector capability, so an edited source, another compiler or a
 node with other vector units gets its own build (a compiler that rejects the vector flags
 builds without them). It is loaded with :mod:`ctypes`, which releases the GIL during the
-call, and runs on ``torch.get_num_threads()`` threads. Without a compiler, or with
-``GSMTL_PROX_KERNEL=0``, the torch code runs instead (same guarantees, slower), after one
-warning saying why. Plain C rather than a torch C++ extension: no torch headers (a build
+call, and runs on ``torch.get_num_threads()`` threads. A build is checked against its
+checksum before it is loaded (a damaged one is built again). Without a compiler the torch code
+runs instead (same guarantees, slower), after one warning saying why; ``GSMTL_PROX_KERNEL=0``
+chooses the torch code silently. Plain C rather than a torch C++ extension: no torch headers (a build
 takes about a second, not a minute) and no Python ABI.
 """
 
@@ -45,7 +46,9 @@ log = logging.getLogger("gsmtl")
 
 SOURCE = Path(__file__).with_name("_prox_kernel.c")
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread"]
-_ARCH = {"AVX512": ["-march=x86-64-v4", "-mprefer-vector-width=512"], "AVX2": ["-march=x86-64-v3"]}
+# The instruction sets torch's capability check vouches for, no more (a VM may lack the rest of an x86-64 level).
+_ARCH = {"AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mprefer-vector-width=512"],
+         "AVX2": ["-mavx2", "-mfma"]}
 DTYPES = (torch.float32, torch.float64)
 _TOO_LARGE = -2  # pk_lasso's status for a group with more than MAX_POSITIONS elements per row
 
@@ -86,7 +89,7 @@ class AdamUpdate:
 
 
 def _arch_flags() -> list[str]:
-    """Vector flags for this CPU's capability (x86-64 levels: portable across CPUs that have them)."""
+    """Vector flags for this CPU's capability (portable across CPUs that have it)."""
     return _ARCH.get(torch.backends.cpu.get_cpu_capability(), []) if platform.machine() in ("x86_64", "AMD64") else []
 
 
@@ -94,6 +97,15 @@ def _cache_dirs() -> list[Path]:
     """Where builds are kept: the user's cache, else (read-only home) a folder of this user in the temp dir."""
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gsmtl"
     return [home, Path(tempfile.gettempdir()) / f"gsmtl-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``path`` is a library this user built, whole: a truncated one would crash the loader."""
+    try:
+        digest = Path(f"{path}.sha256").read_text().strip()
+        return _ours(path.parent) and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    except OSError:
+        return False
 
 
 def _ours(folder: Path) -> bool:
@@ -114,7 +126,7 @@ def _build() -> Path:
     key = "\0".join([SOURCE.read_text(), *cc, *_FLAGS, *arch, _compiler_version(cc), platform.machine()])
     name = f"prox-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     for folder in _cache_dirs():
-        if (folder / name).exists() and _ours(folder):
+        if _intact(folder / name):
             return folder / name
     unwritable: OSError = PermissionError("no cache folder of this user")
     for folder in _cache_dirs():
@@ -137,6 +149,9 @@ def _build() -> Path:
             if not arch:
                 raise
             _compile(cc, _FLAGS, tmp)  # an older compiler without the x86-64 level names
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # whole on disk before it has its name
+        Path(f"{target}.sha256").write_text(hashlib.sha256(Path(tmp).read_bytes()).hexdigest())
         os.replace(tmp, target)  # atomic: concurrent builds of one key each install a whole library
     finally:
         if os.path.exists(tmp):
@@ -154,17 +169,12 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("GSMTL_PROX_KERNEL", "1") == "0":
         return None
     try:
-        path = _build()
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:  # a damaged build (a disk that filled up, say): build it again, once
-            path.unlink(missing_ok=True)
-            lib = ctypes.CDLL(str(_build()))
+        lib = ctypes.CDLL(str(_build()))  # a damaged build fails its checksum and is built again
     except subprocess.CalledProcessError as err:
         first = (err.stderr or "").strip().splitlines()[:1]
         log.warning("prox kernel: the C build failed (%s); the torch code runs instead", first[0] if first else err)
         return None
-    except (OSError, subprocess.SubprocessError) as err:
+    except (OSError, subprocess.SubprocessError, RuntimeError, ValueError) as err:  # no home, a malformed $CC
         log.warning("prox kernel: no C build (%s); the torch code runs instead", err)
         return None
     lib.pk_lasso.restype = ctypes.c_int

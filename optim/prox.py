@@ -54,10 +54,12 @@ flat vector; no Python loop over groups, nor over tensors beyond one call per op
    their float64 rows.
 
 On the CPU the weighted lasso's steps 1 and 3 run in the C kernel of :mod:`optim.kernel`
-(float32/float64 tensors, contiguous or channels-last), one tile of whole groups at a time
+(float32/float64 tensors, and float16/bfloat16 ones through their float32 copies; contiguous
+or channels-last), one tile of whole groups at a time
 while the tile is in cache, with these rules ported one to one (the torch code here is their
-reference, and runs on other devices and without a compiler). The kernel sums in double,
-writes z = x·d/(d + s), and expands the moments about any ρ ≥ 0 it is given
+reference, and runs on other devices and without a compiler). The kernel sums in double (its
+fused pass adds the terms of two rows in the dtype first, and forms r as d/(ρd + τ)), writes
+z = x·d/(d + s), and expands the moments about any ρ ≥ 0 it is given
 (:func:`adam_group_l1_l2_` fuses Adam's update into the moment pass, about the last step's
 norms); a group its moments do not certify gets a second round about the model's root before
 it goes to the float64 rows. ``GSMTL_PROX_KERNEL=0`` turns it off.
@@ -202,7 +204,7 @@ def adam_group_l1_l2_(
         return None
     theta = _solve_open_(xs, vs, taus, *result, offsets)
     for i, part in zip(live, theta.split([x.shape[1] for x in xs])):
-        out[i] = part.to(tensors[i].dtype)
+        out[i] = part.to(tensors[i].dtype, copy=True)  # its own storage: saved per parameter
     return out
 
 
