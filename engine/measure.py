@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from engine.runtime import autocast
 from models.compact import compact
@@ -58,15 +58,10 @@ def gflops_per_image(model: nn.Module, image_size: tuple[int, int], device: torc
 
 
 def count_flops(model: nn.Module, images: Tensor) -> int:
-    """FLOPs of ``model(images)``, torch's count, the oneDNN convolutions of compact models included."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mkldnn_convolution: _onednn_conv_flop}) as counter:
+    """FLOPs of ``model(images)``, torch's count."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(images)
     return counter.get_total_flops()
-
-
-def _onednn_conv_flop(x_shape: list[int], w_shape: list[int], *_: Any, out_shape: list[int], **__: Any) -> int:
-    """FLOPs of ``aten.mkldnn_convolution`` (the compact model's CPU convs), as torch counts a convolution's."""
-    return conv_flop_count(x_shape, w_shape, out_shape)
 
 
 def median_seconds(

@@ -64,7 +64,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models import resnet as tv_resnet
 
 from models.backbones import ResNetBackbone
-from models.fast_ops import OneDNNConv2d, StemMaxPool2d, onednn_convs
+from models.fast_ops import AtrousConv2d, StemMaxPool2d, graph_capture
 from models.heads import ClassificationHead, DenseHead, build_head
 from models.multitask import MultiTaskModel
 from optim.groups import head_input_layers
@@ -82,15 +82,15 @@ Spec = dict[str, Any]
 class ConvUnit(nn.Module):
     """Gather the kept input channels (``index``; all when None), conv with its BatchNorm folded in, optional ReLU.
 
-    A dilated conv adds its bias after the conv: on small inputs torch runs dilated convs through
-    its native kernel, which applies a bias channel by channel (as slow as the conv itself).
+    A dilated conv adds its bias after the conv: torch's dilated conv with a bias is 1.6× slower
+    than without (60 → 64 channels of 12×16, dilation 2, channels-last: 137 µs against 85 µs).
     """
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__()
         separate = _bias_separate(spec)
-        self.conv = OneDNNConv2d(spec["in"], spec["out"], tuple(spec["kernel"]), stride=tuple(spec["stride"]),
-                              padding=tuple(spec["padding"]), dilation=tuple(spec["dilation"]), bias=not separate)
+        self.conv = AtrousConv2d(spec["in"], spec["out"], tuple(spec["kernel"]), stride=tuple(spec["stride"]),
+                                  padding=tuple(spec["padding"]), dilation=tuple(spec["dilation"]), bias=not separate)
         self.bias = nn.Parameter(torch.zeros(spec["out"])) if separate else None
         self.relu = bool(spec["relu"])
         self.register_buffer("index", _index(spec["index"]), persistent=False)
@@ -148,7 +148,7 @@ class GatheredHead(nn.Module):
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__()
         head = build_head(spec["kind"], spec["in_channels"], spec["out_channels"], head_channels=spec["head_channels"])
-        self.head = onednn_convs(_fold_batchnorm(head))  # the structure; the values come with the state_dict
+        self.head = _fold_batchnorm(head)  # the structure; the values come with the state_dict
         self.register_buffer("index", _index(spec["index"]), persistent=False)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -178,14 +178,23 @@ class CompactModel(MultiTaskModel):
     """The compact model of ``spec``: ``forward(images, tasks=None)`` as :class:`MultiTaskModel`'s.
 
     Built in eval mode, every BatchNorm folded into its conv. ``spec`` is plain data; the weights
-    come from ``load_state_dict``.
+    come from ``load_state_dict``. Weights and activations are channels-last: the compact
+    model's small, odd-sized convs are where torch's NCHW kernels lose most to their fixed cost
+    (32 → 32 channels 3×3 of 12×16 at batch 1: 40 µs NCHW, 29 µs channels-last), and the
+    max-pool and upsamples vectorise across channels. Outputs are the same values either way.
     """
 
     def __init__(self, spec: Spec) -> None:
         heads = nn.ModuleDict({task: GatheredHead(head) for task, head in spec["heads"].items()})
         super().__init__(CompactBackbone(spec["backbone"]), heads)
         self.spec = spec
+        self.to(memory_format=torch.channels_last)
         self.eval()
+
+    def forward(self, images: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        if images.dim() == 4 and not graph_capture():
+            images = images.contiguous(memory_format=torch.channels_last)
+        return super().forward(images, tasks)
 
 
 def _index(values: Sequence[int] | None) -> Tensor | None:

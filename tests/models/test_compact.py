@@ -295,6 +295,23 @@ def test_forward_contract_matches_the_multitask_model() -> None:
     assert isinstance(small.output_layer("seg"), nn.Conv2d)
 
 
+def test_the_compact_model_is_channels_last_and_takes_either_layout(tmp_path: Path) -> None:
+    """Weights stay channels-last through ``compact``, ``save`` and ``load``; NCHW and NHWC images give one result."""
+    model = make_model()
+    zero_groups(model.backbone.layer2[1].conv1.weight, slice(0, 3))
+    small = compact(model)
+    again = load(save(small, tmp_path / "compact.pt"))
+    for net in (small, again):
+        convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    images = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        nchw, nhwc = small(images), again(images.contiguous(memory_format=torch.channels_last))
+    for task, value in nchw.items():
+        torch.testing.assert_close(nhwc[task], value, rtol=0, atol=0)
+    assert_exact(model, again, images)
+
+
 def test_saved_compact_model_loads_without_pickled_classes(tmp_path: Path) -> None:
     model = make_model()
     zero_groups(model.backbone.layer3[0].conv2.weight, slice(0, 10))

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from models.fast_ops import AtrousConv2d, OneDNNConv2d, StemMaxPool2d, live_taps, onednn_convs, resize_bilinear
+from models.fast_ops import AtrousConv2d, StemMaxPool2d, live_taps, resize_bilinear
 
 
 @settings(max_examples=60, deadline=None, database=None)  # no .hypothesis folder in the tree
@@ -70,27 +70,18 @@ def test_resize_matches_torch_bilinear(channels: int) -> None:
     torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_onednn_conv_matches_conv() -> None:
-    conv = nn.Sequential(nn.Conv2d(5, 7, 3, padding=2, dilation=2), nn.ReLU(), nn.Conv2d(7, 3, 1))
-    fast = onednn_convs(nn.Sequential(nn.Conv2d(5, 7, 3, padding=2, dilation=2), nn.ReLU(), nn.Conv2d(7, 3, 1)))
-    fast.load_state_dict(conv.state_dict())
-    assert isinstance(fast[0], OneDNNConv2d) and isinstance(fast[2], OneDNNConv2d)
-    x = torch.randn(1, 5, 12, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("kind", [AtrousConv2d, OneDNNConv2d])
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize(("kernel", "dilation", "size"), [
     (3, 12, (12, 16)), (3, 24, (12, 16)), (3, 36, (32, 32)), (3, 2, (1, 5)), (5, 3, (7, 4)), (3, 1, (1, 1)), (3, 4, (12, 16)),
 ])
-def test_atrous_conv_equals_the_full_conv(kind: type[AtrousConv2d], kernel: int, dilation: int, size: tuple[int, int]) -> None:
-    """Float64 shows the trimming exact (only the order of a sum changes); oneDNN runs float32 only."""
+def test_atrous_conv_equals_the_full_conv(channels_last: bool, kernel: int, dilation: int, size: tuple[int, int]) -> None:
+    """Float64 shows the trimming exact (only the order of a sum changes), in both layouts."""
     torch.manual_seed(kernel * 100 + dilation)
-    dtype, tol = (torch.float64, 1e-12) if kind is AtrousConv2d else (torch.float32, 1e-4)
+    dtype, tol = torch.float64, 1e-12
     pad = dilation * (kernel // 2)
-    conv = kind(6, 4, kernel, padding=pad, dilation=dilation, bias=True).to(dtype)
-    x = torch.randn(2, 6, *size, dtype=dtype, requires_grad=True)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    conv = AtrousConv2d(6, 4, kernel, padding=pad, dilation=dilation, bias=True).to(dtype).to(memory_format=layout)
+    x = torch.randn(2, 6, *size, dtype=dtype).contiguous(memory_format=layout).requires_grad_(True)
     reference = x.detach().clone().requires_grad_(True)
     weight = conv.weight.detach().clone().requires_grad_(True)
     got = conv(x)
@@ -107,12 +98,12 @@ def test_live_taps_of_the_aspp_rates() -> None:
     shapes = {}
     for rate in (12, 24, 36):
         conv = AtrousConv2d(2, 2, 3, padding=rate, dilation=rate)
-        shapes[rate] = [None if (t := live_taps(conv, size)) is None else (tuple(t[0].shape[-2:]), t[1])
+        shapes[rate] = [None if (t := live_taps(conv, size)) is None else (tuple(t[0].shape[-2:]), *t[1:])
                         for size in ((12, 16), (32, 32), (64, 64))]
-    assert shapes == {
-        12: [((1, 3), (0, 12)), None, None],
-        24: [((1, 1), (0, 0)), None, None],
-        36: [((1, 1), (0, 0)), ((1, 1), (0, 0)), None],
+    assert shapes == {  # kernel, padding, dilation (1 along a dimension left with one tap)
+        12: [((1, 3), (0, 12), (1, 12)), None, None],
+        24: [((1, 1), (0, 0), (1, 1)), None, None],
+        36: [((1, 1), (0, 0), (1, 1)), ((1, 1), (0, 0), (1, 1)), None],
     }
     assert live_taps(AtrousConv2d(2, 2, 3, padding=1, stride=2), (1, 1)) is None  # strided: not trimmed
     assert live_taps(AtrousConv2d(2, 2, 3, padding=0, dilation=5), (2, 2)) is None  # not "same" padding
