@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -61,6 +62,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torchvision.models import resnet as tv_resnet
 
 from models.backbones import ResNetBackbone
@@ -178,23 +180,72 @@ class CompactModel(MultiTaskModel):
     """The compact model of ``spec``: ``forward(images, tasks=None)`` as :class:`MultiTaskModel`'s.
 
     Built in eval mode, every BatchNorm folded into its conv. ``spec`` is plain data; the weights
-    come from ``load_state_dict``. Weights and activations are channels-last: the compact
-    model's small, odd-sized convs are where torch's NCHW kernels lose most to their fixed cost
-    (32 → 32 channels 3×3 of 12×16 at batch 1: 40 µs NCHW, 29 µs channels-last), and the
-    max-pool and upsamples vectorise across channels. Outputs are the same values either way.
+    come from ``load_state_dict``. On the CPU the memory layout (channels-last or NCHW, weights
+    and activations) is chosen by timing both on the first batch of each shape, as
+    ``cudnn.benchmark`` chooses its algorithms: which of torch's CPU kernels is faster depends on
+    the channel counts sparsity left (one thread, batch 1: a 4 → 8 channel 3×3 conv of 24×32 takes
+    54 µs channels-last and 17 µs NCHW, a 64-channel 3×3 dilated 4 of 12×16 245 µs and 324 µs),
+    so no fixed layout suits every compact model. Outputs are the
+    same values in either layout (to float rounding). ``tune_layout=False``, other devices,
+    graph capture (tracing, compile, export) and dispatch modes (FLOP and memory counting) keep
+    the current layout, channels-last at first.
     """
 
-    def __init__(self, spec: Spec) -> None:
+    def __init__(self, spec: Spec, *, tune_layout: bool = True) -> None:
         heads = nn.ModuleDict({task: GatheredHead(head) for task, head in spec["heads"].items()})
         super().__init__(CompactBackbone(spec["backbone"]), heads)
         self.spec = spec
-        self.to(memory_format=torch.channels_last)
+        self.tune_layout = tune_layout
+        self.layout = torch.channels_last
+        self._layouts: dict[tuple[Any, ...], torch.memory_format] = {}
+        self.to(memory_format=self.layout)
+        self.requires_grad_(False)  # inference only: no autograd graph, usable from any grad mode
         self.eval()
 
     def forward(self, images: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
         if images.dim() == 4 and not graph_capture():
-            images = images.contiguous(memory_format=torch.channels_last)
+            if self.tune_layout and images.device.type == "cpu" and not is_in_torch_dispatch_mode():
+                key = (tuple(images.shape), images.dtype, torch.get_num_threads(), None if tasks is None else tuple(tasks))
+                if key not in self._layouts:
+                    self._layouts[key] = self._fastest_layout(images, tasks)
+                self._use(self._layouts[key])
+            images = images.contiguous(memory_format=self.layout)
         return super().forward(images, tasks)
+
+    @torch.no_grad()
+    def _fastest_layout(self, images: Tensor, tasks: Sequence[str] | None) -> torch.memory_format:
+        """The layout whose best of a few timed forwards of ``images`` is shorter (each layout warmed up first).
+
+        Rounds alternate the layouts so a slow spell of the machine hits both; a forward longer
+        than ``TUNE_LONG_S`` is timed once per layout (the choice then costs four forwards).
+        """
+        best = dict.fromkeys(LAYOUTS, float("inf"))
+        for round_ in range(TUNE_ROUNDS):
+            for layout in LAYOUTS:
+                self._use(layout)
+                x = images.contiguous(memory_format=layout)
+                super().forward(x, tasks)  # the first run in a layout allocates
+                start = _clock()
+                super().forward(x, tasks)
+                best[layout] = min(best[layout], _clock() - start)
+            if round_ == 0 and min(best.values()) > TUNE_LONG_S:
+                break
+        return min(LAYOUTS, key=best.__getitem__)
+
+    def _use(self, layout: torch.memory_format) -> None:
+        """Weights in ``layout``, inference tensors only if they were (a forward under inference mode keeps them usable outside)."""
+        if layout != self.layout:
+            with torch.inference_mode(next(self.parameters()).is_inference()), torch.no_grad():
+                self.to(memory_format=layout)
+            self.layout = layout
+
+
+#: The layouts a compact model chooses between on the CPU, the default first.
+LAYOUTS = (torch.channels_last, torch.contiguous_format)
+#: Timed forwards per layout when choosing; one when a forward takes longer than ``TUNE_LONG_S``.
+TUNE_ROUNDS = 3
+TUNE_LONG_S = 0.05
+_clock = time.perf_counter
 
 
 def _index(values: Sequence[int] | None) -> Tensor | None:

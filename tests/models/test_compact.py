@@ -295,21 +295,72 @@ def test_forward_contract_matches_the_multitask_model() -> None:
     assert isinstance(small.output_layer("seg"), nn.Conv2d)
 
 
-def test_the_compact_model_is_channels_last_and_takes_either_layout(tmp_path: Path) -> None:
-    """Weights stay channels-last through ``compact``, ``save`` and ``load``; NCHW and NHWC images give one result."""
+def _layout_of(net: nn.Module) -> torch.memory_format:
+    convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs
+    if all(w.is_contiguous(memory_format=torch.channels_last) for w in convs):
+        return torch.channels_last
+    assert all(w.is_contiguous() for w in convs)
+    return torch.contiguous_format
+
+
+def fake_clock(monkeypatch: pytest.MonkeyPatch, small: CompactModel, costs: dict[torch.memory_format, float]) -> list[float]:
+    """Replace the layout timer by one where each reading advances by the cost of ``small``'s current layout."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += costs[small.layout]
+        return now[0]
+
+    monkeypatch.setattr("models.compact._clock", clock)
+    return now
+
+
+def test_the_compact_model_runs_the_layout_timed_faster_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock makes NCHW look faster at one shape and channels-last at another: each shape gets its own, once."""
     model = make_model()
     zero_groups(model.backbone.layer2[1].conv1.weight, slice(0, 3))
     small = compact(model)
-    again = load(save(small, tmp_path / "compact.pt"))
-    for net in (small, again):
-        convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
-        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert _layout_of(small) == small.layout == torch.channels_last
+    costs = {torch.channels_last: 2.0, torch.contiguous_format: 1.0}
+    now = fake_clock(monkeypatch, small, costs)
     images = torch.randn(2, 3, *SIZE)
+    assert_exact(model, small, images)
+    assert _layout_of(small) == small.layout == torch.contiguous_format
+    reads = now[0]
+    small(images)
+    assert now[0] == reads  # chosen once per shape
+    costs.update({torch.channels_last: 1.0, torch.contiguous_format: 3.0})
+    assert_exact(model, small, images[:1])
+    assert small.layout == torch.channels_last
     with torch.no_grad():
-        nchw, nhwc = small(images), again(images.contiguous(memory_format=torch.channels_last))
+        nchw = small(images)  # back to the first shape's choice, in either input layout
+        nhwc = small(images.contiguous(memory_format=torch.channels_last))
+    assert small.layout == torch.contiguous_format
     for task, value in nchw.items():
         torch.testing.assert_close(nhwc[task], value, rtol=0, atol=0)
-    assert_exact(model, again, images)
+
+
+def test_layout_choice_stays_out_of_counting_and_inference_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """FLOP counting (a dispatch mode) runs one forward untimed; a choice made under inference mode leaves
+    ordinary weights; ``tune_layout=False`` and a loaded model start channels-last."""
+    model = make_model()
+    small = compact(model)
+    fixed = CompactModel(small.spec, tune_layout=False)
+    fixed.load_state_dict(small.state_dict())
+    images = torch.randn(1, 3, *SIZE)
+    now = fake_clock(monkeypatch, small, {torch.channels_last: 2.0, torch.contiguous_format: 1.0})
+    assert measure.count_flops(small, images) == measure.count_flops(fixed, images)
+    assert now[0] == 0 and not small._layouts
+    with torch.inference_mode():
+        small(images)
+    assert now[0] > 0 and small.layout == torch.contiguous_format
+    assert not any(p.is_inference() for p in small.parameters()) and not any(p.requires_grad for p in small.parameters())
+    small.load_state_dict(fixed.state_dict())
+    assert_exact(model, small, images)
+    fixed(images)
+    assert fixed.layout == _layout_of(fixed) == torch.channels_last
+    assert _layout_of(load(save(small, tmp_path / "compact.pt"))) == torch.channels_last
 
 
 def test_saved_compact_model_loads_without_pickled_classes(tmp_path: Path) -> None:
