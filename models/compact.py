@@ -188,7 +188,8 @@ class CompactModel(MultiTaskModel):
     so no fixed layout suits every compact model. Outputs are the
     same values in either layout (to float rounding). ``tune_layout=False``, other devices,
     graph capture (tracing, compile, export) and dispatch modes (FLOP and memory counting) keep
-    the current layout, channels-last at first.
+    the current layout, channels-last at first. A change of layout rewrites the weights, so a
+    model shared by threads that run new shapes concurrently needs ``tune_layout=False``.
     """
 
     def __init__(self, spec: Spec, *, tune_layout: bool = True) -> None:
