@@ -95,10 +95,10 @@ def trained(
 def paired(runs: tuple[Callable[[], object], Callable[[], object]], rounds: int, clock: Callable[[], float] | None) -> tuple[float, float, float]:
     """Median seconds of both calls and the median of their paired reductions (1 − after / before).
 
-    The two are timed alternately, ``rounds`` pairs of ``ROUND_S`` each, so a change in the
-    machine's load hits both of a pair alike.
+    The two are timed alternately (:func:`engine.measure.alternating_seconds`), ``rounds``
+    pairs of ``ROUND_S`` each, so a change in the machine's load hits both of a pair alike.
     """
-    pairs = [[measure.median_seconds(run, min_run_time=ROUND_S, clock=clock) for run in runs] for _ in range(rounds)]
+    pairs = measure.alternating_seconds(runs, rounds=rounds, min_run_time=ROUND_S, clock=clock)
     reduction = statistics.median(1 - after / before for before, after in pairs)
     return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs), reduction
 

@@ -10,7 +10,8 @@ model (spec + state_dict, read back by :func:`models.compact.load`; default
 ``<folder>/compact_<checkpoint>``). With ``--onnx`` it also writes the compact model as ONNX
 (dynamic batch) and checks ONNX Runtime's outputs against PyTorch's. Prints parameters,
 GFLOPs, peak activation memory and median latency (ms per image at batch 1 and at the trial's
-``test_batch_size``; eager PyTorch, and ONNX Runtime with ``--onnx``) before and after, and
+``test_batch_size``; eager PyTorch, and ONNX Runtime with ``--onnx``; sparse and compact timed in
+alternation, :func:`engine.measure.alternating_seconds`) before and after, and
 the largest output difference per task relative to that task's largest output. Files are
 written only when every difference is within 1e-4 (``TOLERANCE``); otherwise the exit code is 1.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,8 +112,12 @@ def relative_difference(reference: dict[str, Tensor], other: dict[str, Tensor]) 
     }
 
 
-def _onnx_latency_ms(run: Callable[[Tensor], list[np.ndarray]], images: Tensor) -> float:
-    return 1000.0 * measure.median_seconds(lambda: run(images)) / images.shape[0]
+def _latencies_ms(runs: tuple[Callable[[Tensor], object], Callable[[Tensor], object]], images: Tensor) -> tuple[float, float]:
+    """Median ms per image of the sparse and the compact run on ``images``, timed in alternation."""
+    with torch.inference_mode():
+        rounds = measure.alternating_seconds([lambda run=run: run(images) for run in runs])
+    before, after = zip(*rounds)
+    return 1000.0 * statistics.median(before) / len(images), 1000.0 * statistics.median(after) / len(images)
 
 
 def _row(name: str, before: float, after: float, fmt: str) -> list[str]:
@@ -155,8 +161,7 @@ def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None)
                      measure.peak_activation_mb(small, size, device), ".2f"))
     sizes = list(dict.fromkeys((1, batch)))
     for b in sizes:
-        rows.append(_row(f"latency ms / image, eager, batch {b}", measure.latency_ms(model, size, device, batch_size=b),
-                         measure.latency_ms(small, size, device, batch_size=b), ".3f"))
+        rows.append(_row(f"latency ms / image, eager, batch {b}", *_latencies_ms((model, small), images[:b]), ".3f"))
     data = None
     if onnx_path is not None:
         data = onnx_bytes(small, tasks, images)
@@ -164,8 +169,8 @@ def run(folder: Path, checkpoint: str, out: Path | None, onnx_path: Path | None)
         outputs = dict(zip(tasks, map(torch.from_numpy, runner(images))))
         differences["ONNX Runtime vs compact model (eager)"] = relative_difference(compacted, outputs)
         for b in sizes:
-            rows.append(_row(f"latency ms / image, ONNX Runtime, batch {b}", _onnx_latency_ms(dense_runner, images[:b]),
-                             _onnx_latency_ms(runner, images[:b]), ".3f"))
+            rows.append(_row(f"latency ms / image, ONNX Runtime, batch {b}", *_latencies_ms((dense_runner, runner), images[:b]),
+                             ".3f"))
     print(f"{folder.name} ({checkpoint}), {size[0]}x{size[1]} images, {torch.get_num_threads()} CPU threads\n")
     print(_table(rows))
     print()

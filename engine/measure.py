@@ -18,7 +18,7 @@ memory the model's tensors need, comparable across models and devices.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +34,9 @@ from utils.plots import LayerChannels
 
 #: Seconds of timed runs per latency measurement (``blocked_autorange``'s ``min_run_time``).
 MIN_RUN_TIME_S = 0.2
+#: Rounds of an alternating comparison (:func:`alternating_seconds`) and the seconds of timed runs per run and round.
+PAIRED_ROUNDS = 5
+PAIRED_ROUND_S = 0.1
 
 
 def dense_size(model: nn.Module) -> dict[str, float]:
@@ -80,6 +83,19 @@ def median_seconds(
     timer = Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads(),
                   **({} if clock is None else {"timer": clock}))
     return timer.blocked_autorange(min_run_time=MIN_RUN_TIME_S if min_run_time is None else min_run_time).median
+
+
+def alternating_seconds(
+    runs: Sequence[Callable[[], Any]], *, rounds: int = PAIRED_ROUNDS, min_run_time: float = PAIRED_ROUND_S,
+    clock: Callable[[], float] | None = None,
+) -> list[list[float]]:
+    """Per round, the median seconds of each of ``runs`` (:func:`median_seconds`), the runs timed in turn.
+
+    Comparing models on a shared machine, a slow spell then hits every model of a round alike,
+    where timing one model after the other lets it fall on one of them (seen here: the same
+    model 4.7 ms in one measurement, 8.8 ms in the next).
+    """
+    return [[median_seconds(run, min_run_time=min_run_time, clock=clock) for run in runs] for _ in range(rounds)]
 
 
 @torch.inference_mode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -55,6 +57,14 @@ def test_median_seconds_times_the_callable() -> None:
     calls = []
     seconds = measure.median_seconds(lambda: calls.append(1), min_run_time=0.01)
     assert 0 < seconds < 1e-3 and len(calls) > 1
+
+
+def test_alternating_seconds_times_the_runs_in_turn_each_round() -> None:
+    """A slow spell must hit both models of a comparison: the runs take turns, round after round."""
+    log: list[str] = []
+    rounds = measure.alternating_seconds([lambda: log.append("a"), lambda: log.append("b")], rounds=3, min_run_time=0.005)
+    assert len(rounds) == 3 and all(len(row) == 2 and min(row) > 0 for row in rounds)
+    assert [tag for tag, _ in itertools.groupby(log)] == ["a", "b"] * 3
 
 
 def test_compact_inference_cost_columns() -> None:
