@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.runtime import autocast
-from models.compact import compact
+from models.compact import CompactModel, compact
 from optim import sparsity
 from utils.plots import LayerChannels
 
@@ -155,9 +155,15 @@ def peak_activation_mb(
     model: nn.Module, image_size: tuple[int, int], device: torch.device, *, batch_size: int = 1,
     amp: bool = False, channels_last: bool = False,
 ) -> float:
-    """Peak MB (10^6 bytes) of live activations during one forward pass (see the module docstring)."""
+    """Peak MB (10^6 bytes) of live activations during one forward pass (see the module docstring).
+
+    A compact model gets its images in the memory layout it runs: its conversion of them is a
+    copy of the input, alive for the whole forward, not an activation.
+    """
     model.eval()
     images = _images(batch_size, image_size, device, channels_last)
+    if isinstance(model, CompactModel):
+        images = images.contiguous(memory_format=model.layout)
     tracker = _LiveStorages([images, *model.parameters(), *model.buffers()])
     with tracker, autocast(device, amp):
         outputs = model(images)
