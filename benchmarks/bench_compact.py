@@ -8,7 +8,8 @@ public API: ``tasks.build``, ``models.build``, the proximal Adam on ``optim.para
 group sparsity, mean head-input sparsity (channels a head no longer reads), the FLOP
 reduction, the latency reduction at batch 1 and 8 (``torch.utils.benchmark``; sparse and
 compact timed alternately in ``--rounds`` pairs, the median of the paired reductions taken;
-with ``--onnx`` also in ONNX Runtime at batch 1) and its ratio to the FLOP reduction.
+with ``--onnx`` also in ONNX Runtime at batch 1; with ``--cuda``, the default when a GPU is
+available, also on the GPU at batch 1 and 8, wall clock) and its ratio to the FLOP reduction.
 λ = 0 is the dense reference: what compaction costs when there is nothing to remove. Trained
 models are kept in ``--work`` and reused, so measuring again (``--size``, ``--onnx``) is quick.
 
@@ -19,6 +20,7 @@ models are kept in ``--work`` and reused, so measuring again (``--size``, ``--on
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -106,7 +108,7 @@ def paired(runs: tuple[Callable[[], object], Callable[[], object]], rounds: int,
 @torch.inference_mode()
 def row(
     model: nn.Module, *, lam: float, scope: str, size: tuple[int, int], rounds: int, clock: Callable[[], float] | None,
-    onnx: bool,
+    onnx: bool, cuda: bool,
 ) -> dict[str, float | str]:
     """One table row: sparsity, FLOP and latency reductions (fractions) of the compact model; ms per image."""
     cpu = torch.device("cpu")
@@ -127,8 +129,14 @@ def row(
         images = torch.randn(1, 3, *size)
         sessions = [export.onnx_runner(export.onnx_bytes(net, list(net.heads), torch.randn(2, 3, *size))) for net in (model, small)]
         timed["ort_b1"] = (lambda x=images: sessions[0](x), lambda x=images: sessions[1](x), 1)
+    if cuda:  # both models on the GPU (the compact one in its channels-last layout), wall clock: Timer synchronises
+        gpu = torch.device("cuda")
+        nets = copy.deepcopy(model).to(gpu), copy.deepcopy(small).to(gpu)
+        for batch in (1, 8):
+            images = torch.randn(batch, 3, *size, device=gpu)
+            timed[f"gpu_b{batch}"] = (lambda x=images: nets[0](x), lambda x=images: nets[1](x), batch)
     for key, (before, after, batch) in timed.items():
-        seconds = paired((before, after), rounds, clock)
+        seconds = paired((before, after), rounds, None if key.startswith("gpu") else clock)
         result[f"ms_{key}"], result[f"ms_{key}_compact"] = (1000 * t / batch for t in seconds[:2])
         result[f"latency_reduction_{key}"] = seconds[2]
         result[f"ratio_{key}"] = seconds[2] / result["flop_reduction"] if flops[1] < flops[0] else float("nan")
@@ -143,6 +151,9 @@ COLUMNS = {  # header: (key, format); ratios are latency reduction / FLOP reduct
     "lat. − b8": ("latency_reduction_b8", ".1%"), "ratio b8": ("ratio_b8", ".2f"),
     "ORT ms b1": ("ms_ort_b1", ".2f"), "ORT c.": ("ms_ort_b1_compact", ".2f"), "ORT − b1": ("latency_reduction_ort_b1", ".1%"),
     "ORT ratio": ("ratio_ort_b1", ".2f"),
+    **{f"GPU {name} b{b}": (f"{key}_gpu_b{b}{suffix}", fmt) for b in (1, 8) for name, key, suffix, fmt in (
+        ("ms", "ms", "", ".2f"), ("c.", "ms", "_compact", ".2f"), ("−", "latency_reduction", "", ".1%"),
+        ("ratio", "ratio", "", ".2f"))},
 }
 
 
@@ -164,6 +175,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="image size of the FLOP and latency measurement (default: the demo's 96 128)")
     parser.add_argument("--onnx", action="store_true", help="also time both models in ONNX Runtime at batch 1")
+    parser.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),
+                        help="also time both models on the GPU at batch 1 and 8 (default: when one is available)")
     parser.add_argument("--threads", type=int, default=None, help="torch (and ONNX Runtime) CPU threads (default: torch's)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process's CPU time instead of the wall clock (with --threads 1, on a busy machine)")
@@ -181,7 +194,7 @@ def main() -> None:
         for scope in SCOPES if lam > 0 else SCOPES[:1]:
             model = trained(cfg, splits, args.work, lam=lam, scope=scope, epochs=args.epochs)
             rows.append(row(model, lam=lam, scope=scope, size=size, rounds=args.rounds,
-                            clock=time.process_time if args.cpu_time else None, onnx=args.onnx))
+                            clock=time.process_time if args.cpu_time else None, onnx=args.onnx, cuda=args.cuda))
             print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     print(f"\n{cfg.backbone} width {cfg.backbone_width}, head_channels {cfg.head_channels}, {len(cfg.task_list)} dense heads; "
           f"trained {args.epochs} epochs on {len(splits.train)} {cfg.image_size[0]}x{cfg.image_size[1]} images; measured at "

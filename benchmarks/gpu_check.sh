@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_check.sh            (from the repository root, after `make install`)
 # 1. every CUDA test (pytest -m cuda), 2. the training step with bf16 autocast + channels-last,
 # eager and compiled, against the study's per-task-backbone forward, 3. the optimizer step on
-# CUDA, 4. a 2-process NCCL run of a tiny trial when there are 2 GPUs or more.
+# CUDA, 4. compact against sparse models on the GPU (bench_compact --quick), 5. a 2-process NCCL
+# run of a tiny trial when there are 2 GPUs or more.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,6 +24,7 @@ run "CUDA tests" "$PY" -m pytest -q -m cuda tests
 run "training step, bf16 + channels-last, eager" "$PY" -m benchmarks.bench_train_step --device cuda --amp --channels-last --steps 20
 run "training step, bf16 + channels-last, torch.compile" "$PY" -m benchmarks.bench_train_step --device cuda --amp --channels-last --compile --steps 20
 run "optimizer step on CUDA" "$PY" -m benchmarks.bench_optimizer --device cuda --steps 20
+run "compact vs sparse model, CPU and GPU (quick)" "$PY" -m benchmarks.bench_compact --quick --cuda
 if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
     run "2-process NCCL trial" "$PY" -m pytest -q tests/engine/test_distributed.py -k two_processes
 else
