@@ -157,12 +157,15 @@ def peak_activation_mb(
 ) -> float:
     """Peak MB (10^6 bytes) of live activations during one forward pass (see the module docstring).
 
-    A compact model gets its images in the memory layout it runs: its conversion of them is a
-    copy of the input, alive for the whole forward, not an activation.
+    A compact model is measured in the memory layout it chose for these images (one forward
+    outside the count makes the choice), and gets them in that layout: its conversion of them is
+    a copy of the input, alive for the whole forward, not an activation.
     """
     model.eval()
     images = _images(batch_size, image_size, device, channels_last)
     if isinstance(model, CompactModel):
+        with autocast(device, amp):
+            model(images)
         images = images.contiguous(memory_format=model.layout)
     tracker = _LiveStorages([images, *model.parameters(), *model.buffers()])
     with tracker, autocast(device, amp):

@@ -219,7 +219,9 @@ class CompactModel(MultiTaskModel):
     so no fixed layout suits every compact model. Outputs are the
     same values in either layout (to float rounding). ``tune_layout=False``, other devices,
     graph capture (tracing, compile, export) and dispatch modes (FLOP and memory counting) keep
-    the current layout, channels-last at first. A change of layout rewrites the weights, so a
+    the current layout, channels-last at first. The choice is kept per input shape, dtype, CPU
+    autocast dtype, thread count and task list; moving between shapes whose choices differ
+    converts the weights (an evaluation whose last batch is smaller: twice per pass). A change of layout rewrites the weights, so a
     model shared by threads that run new shapes concurrently needs ``tune_layout=False``.
     """
 
@@ -237,7 +239,8 @@ class CompactModel(MultiTaskModel):
     def forward(self, images: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
         if images.dim() == 4 and not graph_capture():
             if self.tune_layout and images.device.type == "cpu" and not is_in_torch_dispatch_mode():
-                key = (tuple(images.shape), images.dtype, torch.get_num_threads(), None if tasks is None else tuple(tasks))
+                autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+                key = (tuple(images.shape), images.dtype, autocast, torch.get_num_threads(), None if tasks is None else tuple(tasks))
                 if key not in self._layouts:
                     self._layouts[key] = self._fastest_layout(images, tasks)
                 self._use(self._layouts[key])

@@ -341,6 +341,23 @@ def test_the_compact_model_runs_the_layout_timed_faster_per_shape(monkeypatch: p
         torch.testing.assert_close(nhwc[task], value, rtol=0, atol=0)
 
 
+def test_peak_memory_is_measured_in_the_layout_chosen_for_its_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not in whichever layout an earlier shape left: batch 2 picks channels-last, batch 1 NCHW."""
+    model = make_model()
+    small = compact(model)
+    costs = {torch.channels_last: 1.0, torch.contiguous_format: 2.0}
+    fake_clock(monkeypatch, small, costs)
+    small(torch.randn(2, 3, *SIZE))
+    assert small.layout == torch.channels_last
+    costs.update({torch.channels_last: 2.0, torch.contiguous_format: 1.0})
+    peak = measure.peak_activation_mb(small, SIZE, torch.device("cpu"))
+    assert small.layout == torch.contiguous_format
+    fixed = CompactModel(small.spec, tune_layout=False)
+    fixed.load_state_dict(small.state_dict())
+    fixed._use(torch.contiguous_format)
+    assert peak == measure.peak_activation_mb(fixed, SIZE, torch.device("cpu"))
+
+
 def test_layout_choice_stays_out_of_counting_and_inference_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """FLOP counting (a dispatch mode) runs one forward untimed; a choice made under inference mode leaves
     ordinary weights; ``tune_layout=False`` and a loaded model start channels-last."""
