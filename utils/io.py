@@ -134,7 +134,11 @@ def foreign_folder_problem(path: Path | str, markers: tuple[str, ...]) -> str | 
     path = Path(path)
     if not path.is_dir() or any((path / marker).exists() for marker in markers):
         return None
-    return None if next(path.iterdir(), None) is None else "it is a non-empty folder that holds no dataset of this command"
+    try:
+        empty = next(path.iterdir(), None) is None
+    except OSError as err:  # a folder one may write into but not list
+        return f"its files cannot be listed ({err.strerror or err})"
+    return None if empty else "it is a non-empty folder that holds no dataset of this command"
 
 
 def _accepts_files(folder: Path) -> bool:

@@ -52,6 +52,16 @@ def test_a_generator_writes_only_into_new_empty_or_its_own_folders(tmp_path: Pat
     assert io.foreign_folder_problem(tmp_path, ("gt_sets",)) is None
 
 
+def test_a_folder_that_cannot_be_listed_is_a_problem_not_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write and search permission without read (``chmod 300``) lets a file be made but not the folder be listed;
+    simulated, since root lists any folder."""
+    def unlistable(self: Path):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", unlistable)
+    assert io.foreign_folder_problem(tmp_path, ("gt_sets",)) == "its files cannot be listed (Permission denied)"
+
+
 def test_a_failed_atomic_write_names_its_target_and_leaves_no_temp(tmp_path: Path) -> None:
     def full_disk(stream) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
