@@ -34,6 +34,7 @@ import platform
 import shlex
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -45,6 +46,8 @@ from torch import Tensor
 log = logging.getLogger("gsmtl")
 
 SOURCE = Path(__file__).with_name("_prox_kernel.c")
+#: Seconds one compile may take; a temporary build older than twice this is a killed build's leftover.
+COMPILE_TIMEOUT_S = 300
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread"]
 # The instruction sets torch's capability check vouches for, no more (a VM may lack the rest of an x86-64 level).
 _ARCH = {"AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mprefer-vector-width=512"],
@@ -134,6 +137,7 @@ def _build() -> Path:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not _ours(folder):
                 continue
+            _remove_stale_builds(folder)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prox-", suffix=".so")
             break
         except OSError as err:
@@ -160,7 +164,21 @@ def _build() -> Path:
 
 
 def _compile(cc: list[str], flags: list[str], out: str) -> None:
-    subprocess.run([*cc, *flags, "-o", out, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300, check=True)
+    subprocess.run([*cc, *flags, "-o", out, str(SOURCE), "-lm"], capture_output=True, text=True,
+                   timeout=COMPILE_TIMEOUT_S, check=True)
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Delete temporary builds a killed process left (a build's ``finally`` removes its own otherwise).
+
+    Only those older than twice the compile timeout: a younger one may be a concurrent build.
+    """
+    for stale in folder.glob(".prox-*.so"):
+        try:
+            if time.time() - stale.stat().st_mtime > 2 * COMPILE_TIMEOUT_S:
+                stale.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete: the build goes on regardless
 
 
 @functools.cache

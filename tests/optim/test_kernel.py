@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -383,6 +384,24 @@ def test_a_damaged_build_is_built_again(fresh_library: Path) -> None:
     built.write_bytes(whole[: len(whole) // 3])  # truncated: dlopen would map it and crash on use
     assert kernel.library() is not None
     assert built.read_bytes() == whole
+
+
+def test_a_killed_builds_leftover_goes_at_the_next_build_and_a_concurrent_one_stays(fresh_library: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILL skips a build's ``finally``; the next build removes its temporary file once it is too old
+    to belong to a build still running."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here (its version is part of the build's key)")
+    monkeypatch.setattr(kernel, "_compile", lambda cc, flags, out: Path(out).write_bytes(b"library"))
+    fresh_library.mkdir(parents=True, mode=0o700)
+    old, running = fresh_library / ".prox-killed.so", fresh_library / ".prox-running.so"
+    for leftover in (old, running):
+        leftover.write_bytes(b"partial")
+    age = 2 * kernel.COMPILE_TIMEOUT_S + 1
+    os.utime(old, (time.time() - age, time.time() - age))
+    built = kernel._build()
+    assert built.read_bytes() == b"library"
+    assert not old.exists() and running.exists()
 
 
 def test_a_compiler_given_with_flags(fresh_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
