@@ -155,11 +155,13 @@ def _build() -> Path:
             _compile(cc, _FLAGS, tmp)  # an older compiler without the x86-64 level names
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # whole on disk before it has its name
-        Path(f"{target}.sha256").write_text(hashlib.sha256(Path(tmp).read_bytes()).hexdigest())
+        Path(f"{tmp}.sha256").write_text(hashlib.sha256(Path(tmp).read_bytes()).hexdigest())
+        os.replace(f"{tmp}.sha256", f"{target}.sha256")  # never read half-written
         os.replace(tmp, target)  # atomic: concurrent builds of one key each install a whole library
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, f"{tmp}.sha256"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     return target
 
 
@@ -173,7 +175,7 @@ def _remove_stale_builds(folder: Path) -> None:
 
     Only those older than twice the compile timeout: a younger one may be a concurrent build.
     """
-    for stale in folder.glob(".prox-*.so"):
+    for stale in folder.glob(".prox-*.so*"):
         try:
             if time.time() - stale.stat().st_mtime > 2 * COMPILE_TIMEOUT_S:
                 stale.unlink()

@@ -394,14 +394,17 @@ def test_a_killed_builds_leftover_goes_at_the_next_build_and_a_concurrent_one_st
         pytest.skip("no C compiler here (its version is part of the build's key)")
     monkeypatch.setattr(kernel, "_compile", lambda cc, flags, out: Path(out).write_bytes(b"library"))
     fresh_library.mkdir(parents=True, mode=0o700)
-    old, running = fresh_library / ".prox-killed.so", fresh_library / ".prox-running.so"
-    for leftover in (old, running):
-        leftover.write_bytes(b"partial")
+    old = [fresh_library / ".prox-killed.so", fresh_library / ".prox-killed.so.sha256"]
+    running = fresh_library / ".prox-running.so"
     age = 2 * kernel.COMPILE_TIMEOUT_S + 1
-    os.utime(old, (time.time() - age, time.time() - age))
+    for leftover in (*old, running):
+        leftover.write_bytes(b"partial")
+    for leftover in old:
+        os.utime(leftover, (time.time() - age, time.time() - age))
     built = kernel._build()
-    assert built.read_bytes() == b"library"
-    assert not old.exists() and running.exists()
+    assert built.read_bytes() == b"library" and kernel._intact(built)
+    assert not any(leftover.exists() for leftover in old) and running.exists()
+    assert sorted(p.name for p in fresh_library.iterdir()) == sorted([built.name, f"{built.name}.sha256", running.name])
 
 
 def test_a_compiler_given_with_flags(fresh_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
