@@ -22,7 +22,7 @@ import data
 import tasks as task_registry
 from engine import artifacts
 from engine.loop import evaluate
-from engine.measure import compact_inference_cost, gflops_per_image, inference_cost
+from engine.measure import gflops_per_image, inference_cost
 from engine.trial import Trial, build_trial, resolve
 from models.compact import compact
 from models.multitask import MultiTaskModel
@@ -86,9 +86,7 @@ def evaluate_trial(
     if measure_cost:
         model = global_model(trial, folder)
         result["extra"] = inference_cost(model, cfg.image_size, trial.device, batch_size=cfg.test_batch_size,
-                                         amp=cfg.amp, channels_last=cfg.channels_last)
-        result["extra"] |= compact_inference_cost(model, cfg.image_size, trial.device, batch_size=cfg.test_batch_size,
-                                                  amp=cfg.amp, channels_last=cfg.channels_last)
+                                         amp=cfg.amp, channels_last=cfg.channels_last, with_compact=True)
     return result
 
 

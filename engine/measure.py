@@ -2,12 +2,13 @@
 
 Sparsity only pays off when it shows in size, FLOPs, memory and latency, so evaluation reports
 them next to the metrics. :func:`inference_cost` measures the model as trained, where zeroed
-channels still cost time; :func:`compact_inference_cost` measures its compact form
+channels still cost time, and with ``with_compact`` its compact form too
 (:func:`models.compact.compact`), where what they made dead is gone. Training never calls this
 module, since latency measurement is slow on a CPU.
 
 Latency is the median of ``torch.utils.benchmark.Timer.blocked_autorange`` (blocks of runs
-until ``MIN_RUN_TIME_S`` has passed, after a warm-up run) at the process's thread count.
+until ``MIN_RUN_TIME_S`` has passed, after a warm-up run) at the process's thread count; models
+compared are timed in turn, ``PAIRED_ROUNDS`` rounds of ``PAIRED_ROUND_S`` each.
 Peak activation memory is counted, not sampled: every tensor storage that an operator creates
 during one forward pass is tracked until its last tensor dies, and the peak of their summed
 bytes is reported. Inputs, parameters and buffers are not counted; kernel-internal scratch
@@ -17,6 +18,7 @@ memory the model's tensors need, comparable across models and devices.
 
 from __future__ import annotations
 
+import statistics
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,19 +101,27 @@ def alternating_seconds(
 
 
 @torch.inference_mode()
-def latency_ms(
-    model: nn.Module, image_size: tuple[int, int], device: torch.device, *,
+def latencies_ms(
+    models: Sequence[nn.Module], image_size: tuple[int, int], device: torch.device, *,
     batch_size: int, amp: bool = False, channels_last: bool = False,
-) -> float:
-    """Median milliseconds per image of a forward pass at ``batch_size``."""
-    model.eval()
+) -> list[float]:
+    """Median milliseconds per image of each model's forward pass at ``batch_size``.
+
+    Several models are timed in turn (:func:`alternating_seconds`), so their figures compare.
+    """
     images = _images(batch_size, image_size, device, channels_last)
+    runs = []
+    for model in models:
+        model.eval()
 
-    def forward() -> None:
-        with autocast(device, amp):
-            model(images)
+        def forward(model: nn.Module = model) -> None:
+            with autocast(device, amp):
+                model(images)
 
-    return 1000.0 * median_seconds(forward) / batch_size
+        runs.append(forward)
+    if len(runs) == 1:
+        return [1000.0 * median_seconds(runs[0]) / batch_size]
+    return [1000.0 * statistics.median(times) / batch_size for times in zip(*alternating_seconds(runs))]
 
 
 class _LiveStorages(TorchDispatchMode):
@@ -176,40 +186,34 @@ def peak_activation_mb(
 
 def inference_cost(
     model: nn.Module, image_size: tuple[int, int], device: torch.device, *,
-    batch_size: int, amp: bool = False, channels_last: bool = False,
+    batch_size: int, amp: bool = False, channels_last: bool = False, with_compact: bool = False,
 ) -> dict[str, float]:
-    """Size, GFLOPs and latency at batch 1 and at ``batch_size``, as flat table columns."""
+    """Size, GFLOPs and latency at batch 1 and at ``batch_size``, as flat table columns.
+
+    ``with_compact`` adds the cost of ``model``'s compact form and the peak activations (batch 1)
+    of both: ``params_compact``, ``gflops_compact``, ``latency_compact_ms_batch1``,
+    ``latency_compact_ms_batch<batch_size>``, ``peak_activation_mb`` and
+    ``peak_activation_mb_compact``; the two models' latencies are then timed in turn.
+    """
     cost = dense_size(model)
     cost["gflops"] = gflops_per_image(model, image_size, device)
+    nets, extra = [model], {}
+    if with_compact:
+        small = compact(model)
+        if channels_last:
+            small = small.to(memory_format=torch.channels_last)
+        nets.append(small)
+        extra = {"params_compact": float(sum(p.numel() for p in small.parameters())),
+                 "gflops_compact": gflops_per_image(small, image_size, device)}
     for size in dict.fromkeys((1, batch_size)):
-        cost[f"latency_ms_batch{size}"] = latency_ms(
-            model, image_size, device, batch_size=size, amp=amp, channels_last=channels_last)
-    return cost
-
-
-def compact_inference_cost(
-    model: nn.Module, image_size: tuple[int, int], device: torch.device, *,
-    batch_size: int, amp: bool = False, channels_last: bool = False,
-) -> dict[str, float]:
-    """The cost of ``model``'s compact form, and the peak activations (batch 1) of both, as flat columns.
-
-    Columns: ``params_compact``, ``gflops_compact``, ``latency_compact_ms_batch1``,
-    ``latency_compact_ms_batch<batch_size>`` (ms per image, as :func:`inference_cost`),
-    ``peak_activation_mb`` (``model``) and ``peak_activation_mb_compact``.
-    """
-    small = compact(model)
-    if channels_last:
-        small = small.to(memory_format=torch.channels_last)
-    cost = {
-        "params_compact": float(sum(p.numel() for p in small.parameters())),
-        "gflops_compact": gflops_per_image(small, image_size, device),
-    }
-    for size in dict.fromkeys((1, batch_size)):
-        cost[f"latency_compact_ms_batch{size}"] = latency_ms(
-            small, image_size, device, batch_size=size, amp=amp, channels_last=channels_last)
-    for key, net in (("peak_activation_mb", model), ("peak_activation_mb_compact", small)):
-        cost[key] = peak_activation_mb(net, image_size, device, amp=amp, channels_last=channels_last)
-    return cost
+        times = latencies_ms(nets, image_size, device, batch_size=size, amp=amp, channels_last=channels_last)
+        cost[f"latency_ms_batch{size}"] = times[0]
+        if with_compact:
+            extra[f"latency_compact_ms_batch{size}"] = times[1]
+    if with_compact:
+        for key, net in (("peak_activation_mb", model), ("peak_activation_mb_compact", small)):
+            extra[key] = peak_activation_mb(net, image_size, device, amp=amp, channels_last=channels_last)
+    return cost | extra
 
 
 def surviving_channels(backbone: nn.Module) -> list[LayerChannels]:
