@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,12 +111,10 @@ def relative_difference(reference: dict[str, Tensor], other: dict[str, Tensor]) 
     }
 
 
-def _latencies_ms(runs: tuple[Callable[[Tensor], object], Callable[[Tensor], object]], images: Tensor) -> tuple[float, float]:
-    """Median ms per image of the sparse and the compact run on ``images``, timed in alternation."""
+def _latencies_ms(runs: tuple[Callable[[Tensor], object], Callable[[Tensor], object]], images: Tensor) -> list[float]:
+    """Median ms per image of the sparse and the compact run on ``images``, timed in turn."""
     with torch.inference_mode():
-        rounds = measure.alternating_seconds([lambda run=run: run(images) for run in runs])
-    before, after = zip(*rounds)
-    return 1000.0 * statistics.median(before) / len(images), 1000.0 * statistics.median(after) / len(images)
+        return measure.median_ms([lambda run=run: run(images) for run in runs], per=len(images))
 
 
 def _row(name: str, before: float, after: float, fmt: str) -> list[str]:

@@ -119,9 +119,14 @@ def latencies_ms(
                 model(images)
 
         runs.append(forward)
+    return median_ms(runs, per=batch_size)
+
+
+def median_ms(runs: Sequence[Callable[[], Any]], *, per: int = 1) -> list[float]:
+    """Median milliseconds of each run divided by ``per`` (images per run); several runs are timed in turn."""
     if len(runs) == 1:
-        return [1000.0 * median_seconds(runs[0]) / batch_size]
-    return [1000.0 * statistics.median(times) / batch_size for times in zip(*alternating_seconds(runs))]
+        return [1000.0 * median_seconds(runs[0]) / per]
+    return [1000.0 * statistics.median(times) / per for times in zip(*alternating_seconds(runs))]
 
 
 class _LiveStorages(TorchDispatchMode):

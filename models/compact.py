@@ -216,13 +216,15 @@ class CompactModel(MultiTaskModel):
     ``cudnn.benchmark`` chooses its algorithms: which of torch's CPU kernels is faster depends on
     the channel counts sparsity left (one thread, batch 1: a 4 → 8 channel 3×3 conv of 24×32 takes
     54 µs channels-last and 17 µs NCHW, a 64-channel 3×3 dilated 4 of 12×16 245 µs and 324 µs),
-    so no fixed layout suits every compact model. Outputs are the
-    same values in either layout (to float rounding). ``tune_layout=False``, other devices,
-    graph capture (tracing, compile, export) and dispatch modes (FLOP and memory counting) keep
-    the current layout, channels-last at first. The choice is kept per input shape, dtype, CPU
-    autocast dtype, thread count and task list; moving between shapes whose choices differ
-    converts the weights (an evaluation whose last batch is smaller: twice per pass). A change of layout rewrites the weights, so a
-    model shared by threads that run new shapes concurrently needs ``tune_layout=False``.
+    so no fixed layout suits every compact model. Outputs are the same values in either layout
+    (to float rounding).
+
+    ``tune_layout=False``, other devices, graph capture (tracing, compile, export) and dispatch
+    modes (FLOP and memory counting) keep the current layout, channels-last at first. The choice
+    is kept per input shape, dtype, CPU autocast dtype, thread count and task list. A change of
+    layout rewrites the weights: moving between shapes whose choices differ converts them (an
+    evaluation whose last batch is smaller: twice per pass), and a model shared by threads that
+    run new shapes concurrently needs ``tune_layout=False``.
     """
 
     def __init__(self, spec: Spec, *, tune_layout: bool = True) -> None:
