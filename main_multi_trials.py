@@ -21,8 +21,9 @@ import shlex
 import sys
 
 from utils import cli
-from utils.cli import EXIT_FAILED, main_guard
+from utils.cli import main_guard
 from utils.config import DEFAULT_CONFIG
+from utils.errors import TrialsFailed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if not context.is_main:
             return 0
         if not rows:  # trials.run raises for anything else: every trial failed
-            print(f"error: no trial of {cfg.Experiment_name} finished; the reasons are in "
-                  f"out_csv/{cfg.Experiment_name}_trials.csv", file=sys.stderr)
-            return EXIT_FAILED
+            raise TrialsFailed(no_trial_finished(cfg))
         print(f"\n{cfg.Experiment_name}\n{report.format_summary(rows)}")
         return 0
 
@@ -93,20 +92,27 @@ def _launch(cfg, args: argparse.Namespace) -> int:
     from engine import launcher, sweep
     from utils import report
 
-    options = launcher.LaunchOptions(
-        cluster=args.cluster, folder=args.submitit_folder, partition=args.slurm_partition,
-        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, timeout_min=args.timeout_min,
-        array_parallelism=args.array_parallelism, wait=not args.no_wait,
-    )
-    result = launcher.launch(cfg, options, trial=args.trial)
-    if result is None:
+    options = launcher.LaunchOptions.from_args(args)
+    outcome = launcher.launch(cfg, options, trial=args.trial)
+    if not options.wait:
         print(f"submitted; collect the tables with: python get_outputs.py --exp_name {cfg.Experiment_name} "
               "(or run this command again: finished trials are not trained again)")
-    elif cfg.lambda_sweep or cfg.sparsity_sweep:
-        print(f"\n{cfg.Experiment_name}: {sweep.sweep_key(cfg)} sweep\n{sweep.format_sweep(cfg, result)}")
-    elif result:
-        print(f"\n{cfg.Experiment_name}\n{report.format_summary(result)}")
+        return 0
+    if cfg.lambda_sweep or cfg.sparsity_sweep:
+        if outcome.result is not None:
+            print(f"\n{cfg.Experiment_name}: {sweep.sweep_key(cfg)} sweep\n{sweep.format_sweep(cfg, outcome.result)}")
+    elif outcome.result:
+        print(f"\n{cfg.Experiment_name}\n{report.format_summary(outcome.result)}")
+    if outcome.failed:
+        raise launcher.failure(outcome.failed, outcome.jobs, options.folder)
+    if not (cfg.lambda_sweep or cfg.sparsity_sweep or outcome.result):
+        raise TrialsFailed(no_trial_finished(cfg))
     return 0
+
+
+def no_trial_finished(cfg) -> str:
+    """The command's line when every trial of the experiment failed."""
+    return f"no trial of {cfg.Experiment_name} finished; the reasons are in out_csv/{cfg.Experiment_name}_trials.csv"
 
 
 if __name__ == "__main__":

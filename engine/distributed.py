@@ -109,7 +109,7 @@ def wrap(model: nn.Module, context: Context, device: torch.device) -> nn.Module:
     if not context.distributed:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)  # buffers (BatchNorm statistics) follow rank 0's
 
 
 def average_gradients(params: Sequence[Tensor], context: Context) -> None:

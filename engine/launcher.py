@@ -12,7 +12,10 @@ trains nothing already finished) collects later.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +27,12 @@ import submitit
 from engine import sweep, trials
 from utils import config
 from utils.config import ExperimentConfig
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, TrialsFailed
 from utils.logging import setup_console
 
 log = logging.getLogger("gsmtl")
+
+PROJECT = Path(__file__).resolve().parents[1]  # the folder the jobs import engine/, data/, ... from
 
 Cluster = Literal["local", "slurm"]
 
@@ -45,6 +50,13 @@ class LaunchOptions:
     array_parallelism: int = 64
     wait: bool = True
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LaunchOptions:
+        """The options the submitit flags gave (``utils.cli.add_launch_flags``)."""
+        return cls(cluster=args.cluster, folder=args.submitit_folder, partition=args.slurm_partition,
+                   gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, timeout_min=args.timeout_min,
+                   array_parallelism=args.array_parallelism, wait=not args.no_wait)
+
 
 class TrialJob(submitit.helpers.Checkpointable):
     """One trial of one experiment, as a submitit job; requeued with the same arguments, it resumes."""
@@ -60,61 +72,83 @@ def experiments(cfg: ExperimentConfig) -> dict[float, ExperimentConfig] | None:
     return sweep.sweep_configs(cfg) if cfg.lambda_sweep or cfg.sparsity_sweep else None
 
 
-def launch(cfg: ExperimentConfig, options: LaunchOptions, *, trial: int | None = None) -> pd.DataFrame | list[dict[str, Any]] | None:
-    """Submit every trial of ``cfg`` (every λ of a sweep) as a job; collect the tables when they finish.
+@dataclass(frozen=True)
+class Launched:
+    """What came back: the sweep table or the experiment's finished rows (None: not waited for, or
+    nothing finished), one line per failed job, and how many jobs there were."""
 
-    Returns the sweep table or the experiment's finished rows, or None with ``wait=False``.
-    """
+    result: pd.DataFrame | list[dict[str, Any]] | None
+    failed: list[str]
+    jobs: int
+
+
+def launch(cfg: ExperimentConfig, options: LaunchOptions, *, trial: int | None = None) -> Launched:
+    """Submit every trial of ``cfg`` (every λ of a sweep) as a job; collect the tables when they finish."""
     sweeps = experiments(cfg)
     configs = list(sweeps.values()) if sweeps is not None else [cfg]
     indices = [trial] if trial is not None else list(range(cfg.num_trials))
-    if not run_jobs([(sub, index) for sub in configs for index in indices], options, name=cfg.Experiment_name):
-        return None
-    if sweeps is not None:
-        return sweep.collect_sweep(cfg, sweeps)
-    return trials.write_report(cfg)
+    work = [(sub, index) for sub in configs for index in indices]
+    failed = run_jobs(work, options, name=cfg.Experiment_name)
+    if failed is None:
+        return Launched(None, [], len(work))
+    try:
+        result = sweep.collect_sweep(cfg, sweeps) if sweeps is not None else trials.write_report(cfg)
+    except TrialsFailed:
+        if not failed:
+            raise
+        result = None  # nothing finished because the jobs failed: the command reports the jobs
+    return Launched(result, failed, len(work))
 
 
-def run_jobs(work: Sequence[tuple[ExperimentConfig, int]], options: LaunchOptions, *, name: str) -> bool:
-    """Submit one job per (experiment, trial) as one array; with ``wait``, block until all end (True), else return False."""
+def failure(failed: Sequence[str], jobs: int, folder: Path) -> TrialsFailed:
+    """The command's one line about the failed jobs (``failed``: :func:`run_jobs`' lines)."""
+    return TrialsFailed(f"{len(failed)} of {jobs} job(s) failed, first {failed[0]}; every job's logs are in "
+                        f"{folder}/<job id>/; rerun the command to resubmit the unfinished trials")
+
+
+def run_jobs(work: Sequence[tuple[ExperimentConfig, int]], options: LaunchOptions, *, name: str) -> list[str] | None:
+    """Submit one job per (experiment, trial) as one array; with ``wait``, block until all end and
+    return one line per failed job (each also logged), else return None."""
     if not work:
-        return True
-    executor = _executor(name, options)
-    jobs = executor.map_array(TrialJob(), [config.to_dict(cfg) for cfg, _ in work], [index for _, index in work])
+        return []
+    jobs = executor(name, options).map_array(TrialJob(), [config.to_dict(cfg) for cfg, _ in work], [index for _, index in work])
     log.info("submitted %d job(s) to %s (%s): %s", len(jobs), options.cluster, options.folder,
              ", ".join(job.job_id for job in jobs[:8]) + (" ..." if len(jobs) > 8 else ""))
     if not options.wait:
-        return False
-    failed = _wait(jobs, [f"{cfg.Experiment_name} trial {index}" for cfg, index in work])
-    if failed:
-        log.error("%d job(s) failed: %s", len(failed), "; ".join(failed[:3]))
-    return True
+        return None
+    failed = []
+    for job, (cfg, index) in zip(jobs, work):
+        try:
+            job.result()
+        except submitit.core.utils.UncompletedJobError as error:  # FailedJobError included
+            failed.append(f"{cfg.Experiment_name} trial {index} (job {job.job_id}): {_reason(error)}")
+            log.error("%s; its log: %s", failed[-1], job.paths.stderr)
+    return failed
 
 
-def _executor(name: str, options: LaunchOptions) -> submitit.AutoExecutor:
+def executor(name: str, options: LaunchOptions) -> submitit.AutoExecutor:
+    """The submitit executor of the jobs; each job's Python imports this project from where this one does."""
     try:
-        executor = submitit.AutoExecutor(folder=str(options.folder / "%j"), cluster=options.cluster)
+        auto = submitit.AutoExecutor(folder=str(options.folder / "%j"), cluster=options.cluster)
     except (RuntimeError, ValueError) as error:
         raise ConfigError(f"--cluster {options.cluster}: no such submitit executor here ({error})") from None
+    # The job runs `python -m submitit.core._submit`, whose sys.path holds its working folder, not
+    # this project (unless it is pip-installed): the project's folder goes first on PYTHONPATH.
+    pythonpath = f"export PYTHONPATH={shlex.quote(str(PROJECT))}${{PYTHONPATH:+:$PYTHONPATH}}"
     parameters: dict[str, Any] = {
         "name": name, "timeout_min": options.timeout_min, "gpus_per_node": options.gpus_per_trial,
-        "tasks_per_node": 1, "cpus_per_task": options.cpus_per_trial,
+        "tasks_per_node": 1, "cpus_per_task": options.cpus_per_trial, f"{options.cluster}_setup": [pythonpath],
     }
     if options.cluster == "slurm":
         parameters |= {"slurm_partition": options.partition, "slurm_array_parallelism": options.array_parallelism}
-    executor.update_parameters(**parameters)
-    return executor
+    auto.update_parameters(**parameters)
+    return auto
 
 
-def _wait(jobs: Sequence[submitit.Job], names: Sequence[str]) -> list[str]:
-    """Block until every job ends; returns one line per failed job (its error's last line)."""
-    failed = []
-    for job, name in zip(jobs, names):
-        try:
-            job.result()
-        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as error:
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            failed.append(f"{name} (job {job.job_id}): {reason}")
-        except (ConfigError, DataError) as error:
-            failed.append(f"{name} (job {job.job_id}): {error}")
-    return failed
+def _reason(error: Exception) -> str:
+    """The job's exception on one line: the last line of the traceback submitit puts between dashed rules."""
+    text = str(error)
+    parts = text.split("----------------------\n")
+    trace = parts[1] if len(parts) >= 3 else text  # "failed during processing with trace:", rule, trace, rule, paths
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    return re.sub(r"^(\w+\.)+(?=\w+: )", "", lines[-1]) if lines else type(error).__name__  # utils.errors.DataError: -> DataError:

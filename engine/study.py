@@ -296,8 +296,11 @@ def run(study: Study, *, stop: StopRequest = lambda: None, launch: LaunchOptions
         work = [(resolve(cell.cfg), index) for cell in study.cells for index in range(cell.cfg.num_trials)]
         work = [(cfg, index) for cfg, index in work if not artifacts.is_finished(artifacts.trial_folder(cfg, index), cfg)]
         log.info("%s: %d unfinished trial(s) in %d cell(s), submitted as jobs", study.name, len(work), len(study.cells))
-        if not launcher.run_jobs(work, launch, name=study.name):
+        failed = launcher.run_jobs(work, launch, name=study.name)
+        if failed is None:
             return None
+        if failed:  # the tables would train the failed trials here, on the submitting machine: stop instead
+            raise launcher.failure(failed, len(work), launch.folder)
     started = time.monotonic()
     results: list[CellResult] = []
     key: tuple | None = None
@@ -374,10 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.launcher == "submitit":
             from engine.launcher import LaunchOptions
 
-            launch = LaunchOptions(cluster=args.cluster, folder=args.submitit_folder, partition=args.slurm_partition,
-                                   gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                                   timeout_min=args.timeout_min, array_parallelism=args.array_parallelism,
-                                   wait=not args.no_wait)
+            launch = LaunchOptions.from_args(args)
         with StopOnSignal() as stop:
             try:
                 outputs = run(study, stop=stop.requested, launch=launch)

@@ -29,7 +29,7 @@ from engine.distributed import Context
 from engine.trial import resolve
 from utils import config, io, plots, report
 from utils.config import ExperimentConfig
-from utils.errors import ConfigError
+from utils.errors import ConfigError, TrialsFailed
 
 log = logging.getLogger("gsmtl")
 
@@ -137,6 +137,9 @@ def collect_sweep(cfg: ExperimentConfig, configs: Mapping[float, ExperimentConfi
     """The sweep's table, best λ (λ sweeps) or final λ (target sweeps) and figure from the finished trials."""
     key = sweep_key(cfg)
     results = {lam: trials.write_report(sub, out_dir=out_dir) for lam, sub in configs.items()}
+    if not any(results.values()):
+        raise TrialsFailed(f"no trial of {cfg.Experiment_name} finished at any {key}; the reasons are in "
+                           f"{out_dir}/{cfg.Experiment_name}_{key}_<{key}>_trials.csv")
     table = sweep_table(results, key)
     out_dir = Path(out_dir)
     if key == "target":

@@ -2,8 +2,9 @@
 
 A problem the user can fix (config, data, checkpoint) is one line, ``error: <message>``, and
 exit code 2, never a traceback. A diverged run that was asked to stop the experiment
-(``on_trial_failure: stop``) is one line and exit code 1. An interruption exits with 130
-(Ctrl-C) or 143 (SIGTERM) after one line saying how to resume. A file-system error the checks
+(``on_trial_failure: stop``), an experiment none of whose trials finished and submitted jobs that
+failed are one line and exit code 1. An interruption exits with 130 (Ctrl-C) or 143 (SIGTERM)
+after one line saying how to resume. A file-system error the checks
 before the work could not foresee (a full disk, a read-only mount) is one line naming the file
 and exit code 2; a reader that closes the pipe early (``| head``) ends the command quietly (141).
 """
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from utils.errors import ConfigError, DataError, NumericalFault
+from utils.errors import ConfigError, DataError, NumericalFault, TrialsFailed
 from utils.logging import setup_console
 from utils.signals import EXIT_CODES, Aborted
 
@@ -105,7 +106,7 @@ def main_guard(body: Callable[[], int | None]) -> int:
         where = f"'{error.filename}': " if error.filename else ""
         print(f"error: {where}{error.strerror or one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except NumericalFault as error:
+    except (NumericalFault, TrialsFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except Aborted:

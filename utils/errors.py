@@ -11,3 +11,7 @@ class DataError(ValueError):
 
 class NumericalFault(RuntimeError):
     """A loss or gradient became NaN/Inf: the trial stops, keeping its last good checkpoints."""
+
+
+class TrialsFailed(RuntimeError):
+    """No trial finished, or some submitted jobs failed: the command says so in one line (exit code 1)."""

@@ -149,6 +149,28 @@ def test_when_every_trial_fails_the_cli_says_so_in_one_line(tmp_path: Path, monk
     assert faults[0].endswith("trial 0 marked failed, its last good checkpoints kept (on_trial_failure: stop)")
 
 
+def test_a_sweep_whose_every_trial_fails_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """No λ has a finished trial: no sweep table, figure or best λ is written, and nothing raises past the CLI."""
+    import main_multi_trials
+    from tasks.depth import DepthTask
+
+    monkeypatch.chdir(tmp_path)
+    raw = tiny.tiny_raw("doomed", tmp_path / "runs", tmp_path / "nyud", num_trials=1, epochs=1, lambda_sweep=[1e-3, 1e-2],
+                        task_list=["depth_euclidean"], setup="singletask",
+                        synthetic={"num_images": 24, "height": 32, "width": 48, "seed": 1})
+    (tmp_path / "doomed.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    original = DepthTask.loss
+    monkeypatch.setattr(DepthTask, "loss", lambda self, pred, target: original(self, pred, target) * float("inf"))
+    assert main_multi_trials.main(["--config_exp", "doomed.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        "error: no trial of doomed finished at any lambda; the reasons are in out_csv/doomed_lambda_<lambda>_trials.csv"]
+    assert sorted(path.name for path in (tmp_path / "out_csv").iterdir()) == [
+        "doomed_lambda_0.001.csv", "doomed_lambda_0.001_trials.csv", "doomed_lambda_0.01.csv", "doomed_lambda_0.01_trials.csv"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_the_cli_stops_on_a_signal_with_one_line_and_resumes(tmp_path: Path, signum: int, code: int) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import submitit
 import yaml
 
 import main_multi_trials
@@ -17,7 +16,6 @@ from engine import artifacts, launcher
 from tests import tiny
 from utils import config
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -31,7 +29,7 @@ def sweep_file(tmp: Path, data_dir: Path) -> Path:
 
 
 def test_a_local_submitit_sweep_gives_the_sequential_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the jobs' processes import the project
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the jobs import the project from any working folder
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs compute with one thread, as this process does (fixture)
     data_dir = tmp_path / "nyud"
     sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
@@ -50,25 +48,57 @@ def test_a_local_submitit_sweep_gives_the_sequential_tables(tmp_path: Path, monk
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
 
 
+def trial_process(root: int) -> int:
+    """The process running the job's trial, below the local executor's shell (setup lines) and controller."""
+    while True:
+        for pid in map(int, Path(f"/proc/{root}/task/{root}/children").read_text().split()):
+            if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+            root = pid
+            break
+        else:
+            time.sleep(0.1)  # not started yet
+
+
 def test_a_requeued_job_resumes_its_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pre-empted job (SIGUSR2, as Slurm signals it) is requeued by submitit and goes on from last.pt."""
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path)
     synthetic = {"num_images": 16, "height": 32, "width": 48, "seed": 2}
     cfg = config.validate(tiny.tiny_raw("requeue", tmp_path / "runs", tmp_path / "nyud", synthetic=synthetic, num_trials=1,
                                         epochs=40, max_batches_per_epoch=1, task_list=["depth_euclidean"], setup="singletask"))
-    executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="local")
-    executor.update_parameters(timeout_min=30)
+    executor = launcher.executor("requeue", launcher.LaunchOptions(folder=tmp_path / "jobs", timeout_min=30))
     job = executor.submit(launcher.TrialJob(), config.to_dict(cfg), 0)
     history = artifacts.trial_folder(cfg, 0) / artifacts.LAST_CHECKPOINT
     while not history.exists() and not job.done():
         time.sleep(0.1)
-    controller = job._process.pid  # the local executor's controller; the trial runs in its child
-    task = int(Path(f"/proc/{controller}/task/{controller}/children").read_text().split()[0])
-    os.kill(task, signal.SIGUSR2)  # what Slurm sends a job it pre-empts (submitit: checkpoint and requeue)
+    os.kill(trial_process(job._process.pid), signal.SIGUSR2)  # what Slurm sends a job it pre-empts (submitit: checkpoint and requeue)
     job.result()
     folder = artifacts.trial_folder(cfg, 0)
     assert (folder / artifacts.TEST_FILE).is_file()
-    log = "".join(path.read_text() for path in (tmp_path / "jobs").glob("*_log.*"))
+    log = "".join(path.read_text() for path in (tmp_path / "jobs").glob("*/*_log.*"))
     assert "resumes in epoch" in log and "Requeued" in log
+
+
+def test_failed_jobs_are_one_line_naming_the_first_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A job that raises (here: a split file listing images that are not there) ends the command with exit code 1."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "broken"
+    (data_dir / "gt_sets").mkdir(parents=True)
+    for name in ("images", "depth"):
+        (data_dir / name).mkdir()
+    for split in ("train", "val"):
+        (data_dir / "gt_sets" / f"{split}.txt").write_text("0001\n0002\n", encoding="utf-8")
+    raw = tiny.tiny_raw("broken", tmp_path / "runs", data_dir, num_trials=2, epochs=1, task_list=["depth_euclidean"],
+                        setup="singletask")
+    raw.pop("synthetic", None)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    code = main_multi_trials.main(["--config_exp", str(path), "--launcher", "submitit", "--submitit_folder", "jobs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("error: 2 of 2 job(s) failed, first broken trial 0 (job ")
+    assert "DataError" in err[-1] and "0001" in err[-1] and "jobs/<job id>/" in err[-1]
+    assert "Traceback" not in "\n".join(err)
