@@ -106,15 +106,14 @@ static void moment_root(double A, double rho, double r_max, const double *n, dou
     }
     const double under = 2 * size * tiny * (r_max * r_max + r_max + 1);
     const double rounding = (3 + 16 * ad * rbar) * eps + under / n0;
-    /* 1 - rho r cancels when rho d >> tau: its rounding (a few eps, absolute) is amplified by
-     * 1/gap, and the margins of both tests grow with it. */
+    /* 1 - rho r cancels when rho d >> tau: its rounding is a few eps, absolute (below 16 eps), so
+     * F(0) >= n0 / (1 - rho rbar)^2 (Jensen) is at least n0 (1 - 32 eps) / (jensen + 16 eps)^2. */
     double jensen = 1 - rho * rbar;
     jensen = isnan(jensen) ? jensen : (jensen < 0 ? 0 : jensen);
-    const double lower = n0 / (jensen * jensen);
-    const double lower_margin = 32 * eps + 32 * eps / jensen;
+    const double lower = n0 * (1 - 32 * eps) / ((jensen + 16 * eps) * (jensen + 16 * eps));
     const int certified = (fabs(f - 1) <= 4 * eps) && (0.6 * one_sided + 1.2 * defect + rounding <= 0.6 * tol) &&
-                          (theta > 0) && (size * tiny_normal / eps <= A) && (lower * (1 - lower_margin) > 1);
-    double gap = 1 - rho * r_max;
+                          (theta > 0) && (size * tiny_normal / eps <= A) && (lower > 1);
+    double gap = 1 - rho * r_max; /* its rounding grows the zero test's margin by 1/gap */
     gap = isnan(gap) ? gap : (gap < 0 ? 0 : gap);
     const double chord = 1 / (gap * gap) - 1;
     const double bound = (n0 + under) * (1 + (r_max > 0 ? chord * rbar / r_max : INFINITY));

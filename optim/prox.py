@@ -474,9 +474,11 @@ def _moment_root(
     The zero test: F(0) = Σ x_i² r_i² (1 − ρ r_i)⁻² and (1 − ρr)⁻² is convex on [0, r_max], so
     F(0) ≤ n_0 (1 + ((1 − ρ r_max)⁻² − 1) r̄/r_max), r̄ = n_1/n_0; a group is zero when that
     bound, with the rounding and underflow of the sums, is at most 1. By Jensen's inequality
-    F(0) ≥ n_0 (1 − ρ r̄)⁻²: a group is certified non-zero only when that exceeds 1 by more than
-    the rounding margin, so that a group within rounding of the threshold is decided on the
-    float64 rows however its root looks.
+    F(0) ≥ n_0 (1 − ρ r̄)⁻²: a group is certified non-zero only when that exceeds 1 with the
+    rounding, so that a group within rounding of the threshold is decided on the float64 rows
+    however its root looks. 1 − ρr̄ cancels when ρd ≫ τ (its rounding is below 16 eps, absolute),
+    so the bound used is n_0 (1 − 32 eps) / (1 − ρr̄ + 16 eps)²: still huge for the groups the prox
+    barely shrinks, which a first-order margin (1 − 32 eps/(1 − ρr̄)) sent to the rows.
 
     Any expansion point ρ ≥ 0 gives valid bounds (r_i ≤ 1/ρ, and (1 + δr)⁻¹ ≤ m with
     m = max(1, ρ/θ) for either sign of δ = θ − ρ); ρ = ‖x‖ here, the C kernel
@@ -533,15 +535,15 @@ def _moment_root(
         defect = torch.where(two, (3 * ad**2 * m**4 + 4 * a.abs() * ad**3 * m**5) * e2 + 4 * ad**3 * m**5 * e3, defect)
     under = 2 * size * tiny * (r_max * r_max + r_max + 1)  # absolute underflow of the n_0 sum
     rounding = (3 + 16 * ad * rbar) * eps + under / n0  # of n_0, n_1 themselves (see the module docstring)
-    # 1 − ρr cancels when ρd ≫ τ: its rounding (a few eps, absolute) grows by 1/gap in both tests
+    # F(0) ≥ n_0 / (1 − ρr̄)² (Jensen), with 1 − ρr̄ at most jensen + 16 eps (see the docstring)
     jensen = (1 - rho * rbar).clamp(min=0.0)
-    lower = n0 / jensen**2  # F(0) ≥ this: (1 − ρr)⁻² is convex (Jensen)
+    lower = n0 * (1 - _margin(dtype)) / (jensen + 16 * eps) ** 2
     certified = (
         ((f - 1).abs() <= 4 * eps) & (0.6 * one_sided + 1.2 * defect + rounding <= 0.6 * _tol(dtype))
         & (theta > 0) & (size * torch.finfo(dtype).tiny / eps <= A)  # no term of ‖x‖² near the underflow
-        & (lower * (1 - _margin(dtype) - 32 * eps / jensen) > 1)  # not within rounding of the zero branch
+        & (lower > 1)  # not within rounding of the zero branch
     )
-    gap = (1 - rho * r_max).clamp(min=0.0)
+    gap = (1 - rho * r_max).clamp(min=0.0)  # its rounding grows the zero test's margin by 1/gap
     bound = (n0 + under) * (1 + torch.where(r_max > 0, (gap**-2 - 1) * rbar / r_max, torch.inf))
     zero = bound * (1 + _margin(dtype) + 16 * eps / gap) <= 1  # F(0) ≤ 1 for certain
     estimate = (theta + one_sided / (4 * psi)).nan_to_num(0.0)

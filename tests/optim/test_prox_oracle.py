@@ -248,6 +248,36 @@ def test_regression_model_start_right_of_the_root_float64() -> None:
     check_lasso(X, D, Z, tau)
 
 
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+def test_regression_groups_the_prox_barely_shrinks_are_settled_by_the_moments(dtype: torch.dtype, implementation: str) -> None:
+    """‖Dx‖ from 1e4 to 1e16 times τ (small λ: the study's 1e-6 regime), d over four decades.
+
+    There 1 − ρr̄ (r = 1/(ρ + τ/d)) is about τ/(ρd) and cancels; the test that a group is not
+    within rounding of the zero branch used a first-order margin, 32 eps/(1 − ρr̄), which turns
+    negative once 1 − ρr̄ < 32 eps: every such group was sent to the float64 rows (97 % of a
+    training run's groups, most of its optimizer time). They are as far from zero as groups get:
+    the moments must settle them, and the results meet the oracle."""
+    gen = torch.Generator().manual_seed(3)
+    tau, size = 1e-3, 40
+    x = torch.randn(size, 64, generator=gen, dtype=F64)
+    d = 10 ** (4 * torch.rand(size, 64, generator=gen, dtype=F64) - 2)
+    x *= tau * 10 ** torch.linspace(4, 16, 64, dtype=F64) / (d * x).norm(dim=0)
+    x, d = x.to(dtype), d.to(dtype)
+    z = x.clone()
+    prox_group_l1_l2_([z], alpha=1.0, lam=tau / math.sqrt(size), denoms=[d])
+    check_lasso(x, d, z, tau)
+    if implementation == "kernel":
+        assert kernel.usable([x.clone()], [d])
+        _, _, settled = kernel.weighted_lasso([x.clone()], [d], [tau], prox._tol(dtype))
+    else:
+        A = prox.group_sum(x * x)
+        r = 1 / (A.sqrt() + tau / d)
+        moments = [prox.group_sum(x * x * r ** (2 + k)) for k in range(5)]
+        *_, settled = prox._moment_root(A.double(), A.sqrt().double(), r.amax(0).double(), [m.double() for m in moments],
+                                        torch.full((64,), float(size), dtype=F64), dtype)
+    assert settled.all(), f"{int((~settled).sum())} of 64 groups left to the float64 rows"
+
+
 def write_spread(x: torch.Tensor, d: torch.Tensor, z: torch.Tensor) -> float:
     """The map writes z_i = x_i / (1 + s/d_i) with one s per group: the largest relative spread
     over a group of s_i = d_i (x_i/z_i − 1). A few ulps, whatever θ is, unless the write cancels."""
