@@ -143,7 +143,7 @@ def kernel_off():
         kernel.library = library
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per optimizer (median reported)")
@@ -153,10 +153,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process's CPU time instead of the wall clock (with --threads 1, on a busy machine)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_optimizer: --device cuda: CUDA is not available on this machine", file=sys.stderr)
-        sys.exit(2)
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.cpu_time else time.perf_counter
@@ -178,7 +178,8 @@ def main() -> None:
     print(f"{'optimizer':28s} {'ms/step':>9s} {'× fused':>8s} {'× foreach':>10s} {'zero groups':>12s}")
     for name, ms, zero in rows:
         print(f"{name:28s} {ms:9.1f} {ms / fused:8.2f} {ms / foreach:10.2f} {zero:12.1%}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

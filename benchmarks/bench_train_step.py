@@ -4,8 +4,9 @@ The study's ``MultiTaskModel.forward`` ran the shared backbone once for every ta
 runs once and every head reads its features (REFERENCE §8). Both steps below are the full
 training step of a trial (forward, the task losses, uncertainty weighting, backward, ProxAdam
 with the group-sparse prox), on the same model and batch; only the forward differs. The table
-gives the median step time, images per second, their ratio, and the data loader's images per
-second on the same config (decode-once cache, the trial's loader settings).
+gives the median step time, images per second, their ratio, the first step's time (with
+``--compile``: mostly the compilation), and the data loader's images per second on the same
+config (decode-once cache, the trial's loader settings).
 
 Defaults: on CUDA the study's NYU 3-task model (ResNet-D-50, 256², batch 16, bf16 autocast and
 channels-last when ``--amp``); on the CPU a scaled-down one (ResNet-D-50 at width 0.25, 96×128,
@@ -79,19 +80,22 @@ def step_fn(trial, batch, *, per_task_backbone: bool) -> Callable[[], None]:
     return run
 
 
-def median_ms(run: Callable[[], None], device: torch.device, *, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(steps):
+def step_times_ms(run: Callable[[], None], device: torch.device, *, steps: int, warmup: int) -> tuple[float, float]:
+    """The first step's time (with ``compile``: the compilation) and the median of ``steps`` timed after ``warmup``
+    steps (the first among them)."""
+    def timed() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
         run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
+        return 1000 * (time.perf_counter() - started)
+
+    first = timed()
+    for _ in range(max(warmup - 1, 0)):
+        run()
+    return first, statistics.median(timed() for _ in range(steps))
 
 
 def loader_images_per_second(trial, *, batches: int) -> float:
@@ -133,18 +137,19 @@ def main(argv: list[str] | None = None) -> int:
         for label, per_task in (("backbone once (this project)", False), ("backbone per task (the study)", True)):
             trial = build_trial(cfg, splits, train=True, device=device)
             batch = next(iter(trial.loaders["train"]))
-            ms = median_ms(step_fn(trial, batch, per_task_backbone=per_task), device, steps=args.steps, warmup=args.warmup)
-            rows.append((label, ms, cfg.train_batch_size * 1000 / ms))
+            first, ms = step_times_ms(step_fn(trial, batch, per_task_backbone=per_task), device, steps=args.steps,
+                                      warmup=args.warmup)
+            rows.append((label, ms, cfg.train_batch_size * 1000 / ms, first))
         loader = loader_images_per_second(build_trial(cfg, splits, train=True, device=device), batches=8)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shape = "x".join(map(str, cfg.image_size))
     print(f"\nTraining step, {cfg.backbone} (width {cfg.backbone_width}), 3 tasks, {shape}, batch {cfg.train_batch_size}, "
           f"{card}{', bf16' if cfg.amp else ''}{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}\n")
-    print("| forward | median ms/step | images/s | × |\n|---|---|---|---|")
+    print("| forward | median ms/step | images/s | × | first step s |\n|---|---|---|---|---|")
     ours = rows[0][1]
-    for label, ms, ips in rows:
-        print(f"| {label} | {ms:.1f} | {ips:.1f} | {ms / ours:.2f} |")
-    print(f"| data loader alone | | {loader:.0f} | |")
+    for label, ms, ips, first in rows:
+        print(f"| {label} | {ms:.1f} | {ips:.1f} | {ms / ours:.2f} | {first / 1000:.1f} |")
+    print(f"| data loader alone | | {loader:.0f} | | |")
     print(f"\nspeed-up of one backbone pass per step: {rows[1][1] / ours:.2f}x")
     return 0
 
