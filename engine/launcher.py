@@ -61,10 +61,10 @@ class LaunchOptions:
 class TrialJob(submitit.helpers.Checkpointable):
     """One trial of one experiment, as a submitit job; requeued with the same arguments, it resumes."""
 
-    def __call__(self, raw: dict[str, Any], trial: int) -> list[dict[str, Any]]:
+    def __call__(self, raw: dict[str, Any], trial: int, out_dir: str = "out_csv") -> list[dict[str, Any]]:
         setup_console()  # the job's log shows the epochs, as the console would
         cfg = config.validate({**raw, "checkpoint": True}, source=f"job {raw.get('Experiment_name')} trial {trial}")
-        return trials.run(cfg, trial=trial)
+        return trials.run(cfg, trial=trial, out_dir=out_dir)
 
 
 def experiments(cfg: ExperimentConfig) -> dict[float, ExperimentConfig] | None:
@@ -106,12 +106,15 @@ def failure(failed: Sequence[str], jobs: int, folder: Path) -> TrialsFailed:
                         f"{folder}/<job id>/; rerun the command to resubmit the unfinished trials")
 
 
-def run_jobs(work: Sequence[tuple[ExperimentConfig, int]], options: LaunchOptions, *, name: str) -> list[str] | None:
-    """Submit one job per (experiment, trial) as one array; with ``wait``, block until all end and
-    return one line per failed job (each also logged), else return None."""
+def run_jobs(work: Sequence[tuple[ExperimentConfig, int]], options: LaunchOptions, *, name: str,
+             out_dir: str | Path = "out_csv") -> list[str] | None:
+    """Submit one job per (experiment, trial) as one array (each writes its experiment's tables
+    to ``out_dir``); with ``wait``, block until all end and return one line per failed job (each
+    also logged), else return None."""
     if not work:
         return []
-    jobs = executor(name, options).map_array(TrialJob(), [config.to_dict(cfg) for cfg, _ in work], [index for _, index in work])
+    jobs = executor(name, options).map_array(TrialJob(), [config.to_dict(cfg) for cfg, _ in work],
+                                             [index for _, index in work], [str(out_dir)] * len(work))
     log.info("submitted %d job(s) to %s (%s): %s", len(jobs), options.cluster, options.folder,
              ", ".join(job.job_id for job in jobs[:8]) + (" ..." if len(jobs) > 8 else ""))
     if not options.wait:

@@ -296,7 +296,7 @@ def run(study: Study, *, stop: StopRequest = lambda: None, launch: LaunchOptions
         work = [(resolve(cell.cfg), index) for cell in study.cells for index in range(cell.cfg.num_trials)]
         work = [(cfg, index) for cfg, index in work if not artifacts.is_finished(artifacts.trial_folder(cfg, index), cfg)]
         log.info("%s: %d unfinished trial(s) in %d cell(s), submitted as jobs", study.name, len(work), len(study.cells))
-        failed = launcher.run_jobs(work, launch, name=study.name)
+        failed = launcher.run_jobs(work, launch, name=study.name, out_dir=study.cells_folder)
         if failed is None:
             return None
         if failed:  # the tables would train the failed trials here, on the submitting machine: stop instead

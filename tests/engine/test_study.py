@@ -264,3 +264,29 @@ def test_study_end_to_end_resumes_and_delta_m_matches_the_trial_csvs(tmp_path: P
     assert study.main(["--config", str(path)]) == 0  # a finished study trains nothing and rewrites the same tables
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == stamps
     assert {name: (out / name).read_bytes() for name in tables} == written
+
+
+@pytest.mark.slow
+def test_a_study_through_submitit_jobs_gives_the_sequential_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  one_thread: None) -> None:
+    """Every trial of every cell as a local job: the same results.csv as the sequential study; the cells' tables
+    go to the study's folder (not to the working folder's out_csv/); a rerun submits nothing."""
+    from data.synthetic import make_nyud
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs compute with one thread, as this process does
+    monkeypatch.chdir(tmp_path)
+    make_nyud(tmp_path / "nyud", num_images=16, height=32, width=48, seed=3)
+    tables = {}
+    for mode in ("sequential", "jobs"):
+        keys = study_keys(tmp_path / mode, levels=[0.1], experiment=experiment_keys(
+            tmp_path / mode, num_trials=1, data_dir_NYU=str(tmp_path / "nyud")))
+        path = write_yaml(tmp_path / f"{mode}.yaml", keys)
+        flags = ["--launcher", "submitit", "--submitit_folder", str(tmp_path / "submitit")] if mode == "jobs" else []
+        assert study.main(["--config", str(path), *flags]) == 0
+        tables[mode] = pd.read_csv(Path(keys["out_dir"]) / "s" / "results.csv")
+    assert not (tmp_path / "out_csv").exists()
+    assert len(list((tmp_path / "submitit").glob("*/*_result.pkl"))) == 3  # 3 cells (2 single-task, 1 multitask) x 1 trial
+    pd.testing.assert_frame_equal(tables["sequential"], tables["jobs"], check_exact=False, rtol=1e-9)
+    assert study.main(["--config", str(tmp_path / "jobs.yaml"), "--launcher", "submitit",
+                       "--submitit_folder", str(tmp_path / "submitit")]) == 0
+    assert len(list((tmp_path / "submitit").glob("*/*_result.pkl"))) == 3
