@@ -113,11 +113,12 @@ static void moment_root(double A, double rho, double r_max, const double *n, dou
     const double lower = n0 * (1 - 32 * eps) / ((jensen + 16 * eps) * (jensen + 16 * eps));
     const int certified = (fabs(f - 1) <= 4 * eps) && (0.6 * one_sided + 1.2 * defect + rounding <= 0.6 * tol) &&
                           (theta > 0) && (size * tiny_normal / eps <= A) && (lower > 1);
-    double gap = 1 - rho * r_max; /* its rounding grows the zero test's margin by 1/gap */
+    /* 1 - rho r_max cancels in the same way: taken 16 eps lower, it is at most the true gap. */
+    double gap = 1 - rho * r_max - 16 * eps;
     gap = isnan(gap) ? gap : (gap < 0 ? 0 : gap);
     const double chord = 1 / (gap * gap) - 1;
     const double bound = (n0 + under) * (1 + (r_max > 0 ? chord * rbar / r_max : INFINITY));
-    const int zero = bound * (1 + 32 * eps + 16 * eps / gap) <= 1;
+    const int zero = bound * (1 + 32 * eps) <= 1;
     double estimate = theta + one_sided / (4 * psi);
     estimate = isnan(estimate) ? 0 : (isinf(estimate) ? (estimate > 0 ? DBL_MAX : -DBL_MAX) : estimate);
     double start = (isnan(theta) || isinf(theta)) ? 0 : theta;

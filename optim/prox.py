@@ -473,7 +473,10 @@ def _moment_root(
 
     The zero test: F(0) = Σ x_i² r_i² (1 − ρ r_i)⁻² and (1 − ρr)⁻² is convex on [0, r_max], so
     F(0) ≤ n_0 (1 + ((1 − ρ r_max)⁻² − 1) r̄/r_max), r̄ = n_1/n_0; a group is zero when that
-    bound, with the rounding and underflow of the sums, is at most 1. By Jensen's inequality
+    bound, with the rounding and underflow of the sums, is at most 1. 1 − ρ r_max cancels when
+    ρ d_max ≫ τ (its rounding is below 16 eps, absolute, as that of 1 − ρr̄ below), so the bound
+    takes it 16 eps lower: a computed gap of a few eps can stand for a true one of 1e-11, whose
+    (1 − ρ r_max)⁻² a first-order margin (1 + 16 eps/gap) missed by eight decades. By Jensen's inequality
     F(0) ≥ n_0 (1 − ρ r̄)⁻²: a group is certified non-zero only when that exceeds 1 with the
     rounding, so that a group within rounding of the threshold is decided on the float64 rows
     however its root looks. 1 − ρr̄ cancels when ρd ≫ τ (its rounding is below 16 eps, absolute),
@@ -543,9 +546,9 @@ def _moment_root(
         & (theta > 0) & (size * torch.finfo(dtype).tiny / eps <= A)  # no term of ‖x‖² near the underflow
         & (lower > 1)  # not within rounding of the zero branch
     )
-    gap = (1 - rho * r_max).clamp(min=0.0)  # its rounding grows the zero test's margin by 1/gap
+    gap = (1 - rho * r_max - 16 * eps).clamp(min=0.0)  # at most the true 1 − ρ r_max (see the docstring)
     bound = (n0 + under) * (1 + torch.where(r_max > 0, (gap**-2 - 1) * rbar / r_max, torch.inf))
-    zero = bound * (1 + _margin(dtype) + 16 * eps / gap) <= 1  # F(0) ≤ 1 for certain
+    zero = bound * (1 + _margin(dtype)) <= 1  # F(0) ≤ 1 for certain
     estimate = (theta + one_sided / (4 * psi)).nan_to_num(0.0)
     theta_out = torch.where(certified & ~zero, estimate, 0.0)
     start = theta.nan_to_num(0.0, posinf=0.0, neginf=0.0).clamp(min=0.0)

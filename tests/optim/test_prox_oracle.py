@@ -278,6 +278,20 @@ def test_regression_groups_the_prox_barely_shrinks_are_settled_by_the_moments(dt
     assert settled.all(), f"{int((~settled).sum())} of 64 groups left to the float64 rows"
 
 
+@pytest.mark.parametrize(("dtype", "small", "d_small"), [(F32, 1e-10, 1e-8), (F64, 1e-20, 1e-13)], ids=["f32", "f64"])
+def test_regression_a_live_group_whose_gap_is_rounding_is_not_zeroed(dtype: torch.dtype, small: float, d_small: float) -> None:
+    """One entry x ≈ 1 with a tiny d, one tiny entry with a huge d carrying ‖Dx‖ = 1.1τ (found by an
+    adversarial search). ρ d_max/τ is beyond 1/eps, so 1 − ρ r_max came out as a few eps of rounding
+    instead of ~1e-10 and the zero test, with a first-order margin, zeroed the group (F(0) = 1.21)."""
+    tau = 1.0
+    for k in range(1, 40):  # the big entries' roundings: some make the computed 1 − ρ r_max positive
+        x = torch.tensor([[1 + k / 997], [small]], dtype=dtype)
+        d = torch.tensor([[d_small], [1.1 * tau / small]], dtype=dtype)
+        z = x.clone()
+        prox_group_l1_l2_([z], alpha=1.0, lam=tau, denoms=[d], reweight=False)
+        check_lasso(x, d, z, tau)
+
+
 def write_spread(x: torch.Tensor, d: torch.Tensor, z: torch.Tensor) -> float:
     """The map writes z_i = x_i / (1 + s/d_i) with one s per group: the largest relative spread
     over a group of s_i = d_i (x_i/z_i − 1). A few ulps, whatever θ is, unless the write cancels."""
