@@ -6,7 +6,8 @@ training step of a trial (forward, the task losses, uncertainty weighting, backw
 with the group-sparse prox), on the same model and batch; only the forward differs. The table
 gives the median step time, images per second, their ratio, the first step's time (with
 ``--compile``: mostly the compilation), and the data loader's images per second on the same
-config (decode-once cache, the trial's loader settings).
+config (decode-once cache, the trial's loader settings). The two steps are timed in turn, one
+of each per round, and the speed-up is the median of the rounds' ratios.
 
 Defaults: on CUDA the study's NYU 3-task model (ResNet-D-50, 256², batch 16, bf16 autocast and
 channels-last when ``--amp``); on the CPU a scaled-down one (ResNet-D-50 at width 0.25, 96×128,
@@ -80,10 +81,12 @@ def step_fn(trial, batch, *, per_task_backbone: bool) -> Callable[[], None]:
     return run
 
 
-def step_times_ms(run: Callable[[], None], device: torch.device, *, steps: int, warmup: int) -> tuple[float, float]:
-    """The first step's time (with ``compile``: the compilation) and the median of ``steps`` timed after ``warmup``
-    steps (the first among them)."""
-    def timed() -> float:
+def alternating_step_ms(runs: list[Callable[[], None]], device: torch.device, *, steps: int,
+                        warmup: int) -> tuple[list[float], list[list[float]]]:
+    """Each run's first step (with ``compile``: the compilation), then ``steps`` rounds timing one step of each
+    run in turn, after ``warmup`` steps each (the first among them): a slow spell of a shared machine then
+    falls on every variant of a round alike, not on one variant's whole measurement."""
+    def timed(run: Callable[[], None]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
@@ -92,10 +95,11 @@ def step_times_ms(run: Callable[[], None], device: torch.device, *, steps: int, 
             torch.cuda.synchronize(device)
         return 1000 * (time.perf_counter() - started)
 
-    first = timed()
+    firsts = [timed(run) for run in runs]
     for _ in range(max(warmup - 1, 0)):
-        run()
-    return first, statistics.median(timed() for _ in range(steps))
+        for run in runs:
+            run()
+    return firsts, [[timed(run) for run in runs] for _ in range(steps)]
 
 
 def loader_images_per_second(trial, *, batches: int) -> float:
@@ -111,7 +115,7 @@ def loader_images_per_second(trial, *, batches: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
+    parser.add_argument("--steps", type=int, default=10, help="timed rounds, one step of each variant per round (medians reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="loader workers for the loader's images/s")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
@@ -133,24 +137,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         splits = data.build(cfg)
-        rows = []
-        for label, per_task in (("backbone once (this project)", False), ("backbone per task (the study)", True)):
+        runs = []
+        for per_task in (False, True):
             trial = build_trial(cfg, splits, train=True, device=device)
-            batch = next(iter(trial.loaders["train"]))
-            first, ms = step_times_ms(step_fn(trial, batch, per_task_backbone=per_task), device, steps=args.steps,
-                                      warmup=args.warmup)
-            rows.append((label, ms, cfg.train_batch_size * 1000 / ms, first))
+            runs.append(step_fn(trial, next(iter(trial.loaders["train"])), per_task_backbone=per_task))
+        firsts, rounds = alternating_step_ms(runs, device, steps=args.steps, warmup=args.warmup)
         loader = loader_images_per_second(build_trial(cfg, splits, train=True, device=device), batches=8)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shape = "x".join(map(str, cfg.image_size))
     print(f"\nTraining step, {cfg.backbone} (width {cfg.backbone_width}), 3 tasks, {shape}, batch {cfg.train_batch_size}, "
           f"{card}{', bf16' if cfg.amp else ''}{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}\n")
     print("| forward | median ms/step | images/s | × | first step s |\n|---|---|---|---|---|")
-    ours = rows[0][1]
-    for label, ms, ips, first in rows:
-        print(f"| {label} | {ms:.1f} | {ips:.1f} | {ms / ours:.2f} | {first / 1000:.1f} |")
+    medians = [statistics.median(times) for times in zip(*rounds)]
+    for label, ms, first in zip(("backbone once (this project)", "backbone per task (the study)"), medians, firsts):
+        print(f"| {label} | {ms:.1f} | {cfg.train_batch_size * 1000 / ms:.1f} | {ms / medians[0]:.2f} | {first / 1000:.1f} |")
     print(f"| data loader alone | | {loader:.0f} | | |")
-    print(f"\nspeed-up of one backbone pass per step: {rows[1][1] / ours:.2f}x")
+    speedup = statistics.median(study / ours for ours, study in rounds)
+    print(f"\nspeed-up of one backbone pass per step: {speedup:.2f}x (median over {len(rounds)} rounds of one step each, in turn)")
     return 0
 
 
