@@ -22,7 +22,7 @@ import sys
 
 from utils import cli
 from utils.cli import main_guard
-from utils.config import DEFAULT_CONFIG
+from utils.config import DEFAULT_CONFIG, ExperimentConfig
 from utils.errors import TrialsFailed
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     return main_guard(body)
 
 
-def _launch(cfg, args: argparse.Namespace) -> int:
+def _launch(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     """Submit the trials through submitit and print what came back."""
     from engine import launcher, sweep
     from utils import report
@@ -95,8 +95,8 @@ def _launch(cfg, args: argparse.Namespace) -> int:
     options = launcher.LaunchOptions.from_args(args)
     outcome = launcher.launch(cfg, options, trial=args.trial)
     if not options.wait:
-        print(f"submitted; collect the tables with: python get_outputs.py --exp_name {cfg.Experiment_name} "
-              "(or run this command again: finished trials are not trained again)")
+        print(f"submitted; when the jobs have ended, collect the tables with: python get_outputs.py --exp_name "
+              f"{cfg.Experiment_name} (or run this command again: it submits only the trials that did not finish)")
         return 0
     if cfg.lambda_sweep or cfg.sparsity_sweep:
         if outcome.result is not None:
@@ -110,7 +110,7 @@ def _launch(cfg, args: argparse.Namespace) -> int:
     return 0
 
 
-def no_trial_finished(cfg) -> str:
+def no_trial_finished(cfg: ExperimentConfig) -> str:
     """The command's line when every trial of the experiment failed."""
     return f"no trial of {cfg.Experiment_name} finished; the reasons are in out_csv/{cfg.Experiment_name}_trials.csv"
 

@@ -33,6 +33,7 @@ import data
 from engine.runtime import autocast, to_device
 from engine.trial import build_trial, resolve
 from utils import config
+from utils.cli import int_at_least
 from utils.errors import ConfigError
 from utils.logging import setup_console
 
@@ -84,7 +85,7 @@ def step_fn(trial, batch, *, per_task_backbone: bool) -> Callable[[], None]:
 def alternating_step_ms(runs: list[Callable[[], None]], device: torch.device, *, steps: int,
                         warmup: int) -> tuple[list[float], list[list[float]]]:
     """Each run's first step (with ``compile``: the compilation), then ``steps`` rounds timing one step of each
-    run in turn, after ``warmup`` steps each (the first among them): a slow spell of a shared machine then
+    run in turn, after ``warmup`` steps each (at least the first): a slow spell of a shared machine then
     falls on every variant of a round alike, not on one variant's whole measurement."""
     def timed(run: Callable[[], None]) -> float:
         if device.type == "cuda":
@@ -115,8 +116,8 @@ def loader_images_per_second(trial, *, batches: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--steps", type=int, default=10, help="timed rounds, one step of each variant per round (medians reported)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int_at_least(1), default=10, help="timed rounds, one step of each variant per round (medians reported)")
+    parser.add_argument("--warmup", type=int_at_least(1), default=3, help="untimed steps per variant before the rounds (the first is reported)")
     parser.add_argument("--workers", type=int, default=0, help="loader workers for the loader's images/s")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
@@ -149,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{card}{', bf16' if cfg.amp else ''}{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}\n")
     print("| forward | median ms/step | images/s | × | first step s |\n|---|---|---|---|---|")
     medians = [statistics.median(times) for times in zip(*rounds)]
-    for label, ms, first in zip(("backbone once (this project)", "backbone per task (the study)"), medians, firsts):
-        print(f"| {label} | {ms:.1f} | {cfg.train_batch_size * 1000 / ms:.1f} | {ms / medians[0]:.2f} | {first / 1000:.1f} |")
+    ratios = [statistics.median(times[i] / times[0] for times in rounds) for i in range(len(runs))]  # per round, then median
+    for label, ms, ratio, first in zip(("backbone once (this project)", "backbone per task (the study)"), medians, ratios, firsts):
+        print(f"| {label} | {ms:.1f} | {cfg.train_batch_size * 1000 / ms:.1f} | {ratio:.2f} | {first / 1000:.1f} |")
     print(f"| data loader alone | | {loader:.0f} | | |")
-    speedup = statistics.median(study / ours for ours, study in rounds)
-    print(f"\nspeed-up of one backbone pass per step: {speedup:.2f}x (median over {len(rounds)} rounds of one step each, in turn)")
+    print(f"\nspeed-up of one backbone pass per step: {ratios[1]:.2f}x (median over {len(rounds)} rounds of one step each, in turn)")
     return 0
 
 

@@ -6,8 +6,8 @@ local processes through submitit's local executor. Each job trains one trial wit
 ``checkpoint: true``: a job that is pre-empted or times out is requeued by submitit and goes on
 from its trial's ``last.pt``. When every job has finished, the experiments' tables (and a
 sweep's table, figure and best λ) are collected from the trial folders; with ``--no_wait`` the
-command returns after submitting and ``get_outputs.py`` (or rerunning the same command, which
-trains nothing already finished) collects later.
+command returns after submitting and ``get_outputs.py`` (or rerunning the same command) collects
+later. Only trials that have not finished with the same config are submitted (:func:`unfinished`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any, Literal
 import pandas as pd
 import submitit
 
-from engine import sweep, trials
+from engine import artifacts, sweep, trials
+from engine.trial import resolve
 from utils import config
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, TrialsFailed
@@ -87,7 +88,7 @@ def launch(cfg: ExperimentConfig, options: LaunchOptions, *, trial: int | None =
     sweeps = experiments(cfg)
     configs = list(sweeps.values()) if sweeps is not None else [cfg]
     indices = [trial] if trial is not None else list(range(cfg.num_trials))
-    work = [(sub, index) for sub in configs for index in indices]
+    work = unfinished([(sub, index) for sub in configs for index in indices])
     failed = run_jobs(work, options, name=cfg.Experiment_name)
     if failed is None:
         return Launched(None, [], len(work))
@@ -98,6 +99,15 @@ def launch(cfg: ExperimentConfig, options: LaunchOptions, *, trial: int | None =
             raise
         result = None  # nothing finished because the jobs failed: the command reports the jobs
     return Launched(result, failed, len(work))
+
+
+def unfinished(work: Sequence[tuple[ExperimentConfig, int]]) -> list[tuple[ExperimentConfig, int]]:
+    """The (experiment, trial) pairs whose trial has not finished with this config: what a (re)run submits."""
+    resolved = [(resolve(cfg), index) for cfg, index in work]
+    todo = [(cfg, index) for cfg, index in resolved if not artifacts.is_finished(artifacts.trial_folder(cfg, index), cfg)]
+    if len(todo) < len(work):
+        log.info("%d of %d trial(s) finished before; not submitted again", len(work) - len(todo), len(work))
+    return todo
 
 
 def failure(failed: Sequence[str], jobs: int, folder: Path) -> TrialsFailed:
@@ -149,9 +159,11 @@ def executor(name: str, options: LaunchOptions) -> submitit.AutoExecutor:
 
 
 def _reason(error: Exception) -> str:
-    """The job's exception on one line: the last line of the traceback submitit puts between dashed rules."""
+    """The job's exception on one line: the last line of the traceback a FailedJobError holds between
+    dashed rules (after them come the log paths), else the error's last line (a killed or timed-out job)."""
     text = str(error)
     parts = text.split("----------------------\n")
-    trace = parts[1] if len(parts) >= 3 else text  # "failed during processing with trace:", rule, trace, rule, paths
-    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    if isinstance(error, submitit.core.utils.FailedJobError) and len(parts) >= 3:
+        text = parts[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return re.sub(r"^(\w+\.)+(?=\w+: )", "", lines[-1]) if lines else type(error).__name__  # utils.errors.DataError: -> DataError:

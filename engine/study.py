@@ -293,13 +293,12 @@ def run(study: Study, *, stop: StopRequest = lambda: None, launch: LaunchOptions
     from utils import study_report
 
     if launch is not None:
-        work = [(resolve(cell.cfg), index) for cell in study.cells for index in range(cell.cfg.num_trials)]
-        work = [(cfg, index) for cfg, index in work if not artifacts.is_finished(artifacts.trial_folder(cfg, index), cfg)]
+        work = launcher.unfinished([(cell.cfg, index) for cell in study.cells for index in range(cell.cfg.num_trials)])
         log.info("%s: %d unfinished trial(s) in %d cell(s), submitted as jobs", study.name, len(work), len(study.cells))
         failed = launcher.run_jobs(work, launch, name=study.name, out_dir=study.cells_folder)
         if failed is None:
             return None
-        if failed:  # the tables would train the failed trials here, on the submitting machine: stop instead
+        if failed:  # a trial without its job's result: stop rather than train it here, on the submitting machine
             raise launcher.failure(failed, len(work), launch.folder)
     started = time.monotonic()
     results: list[CellResult] = []
@@ -309,7 +308,10 @@ def run(study: Study, *, stop: StopRequest = lambda: None, launch: LaunchOptions
         cfg = resolve(cell.cfg)
         where = f"[{number}/{len(study.cells)}] {cell.name}"
         finished = sum(artifacts.is_finished(artifacts.trial_folder(cfg, index), cfg) for index in range(cfg.num_trials))
-        if finished == cfg.num_trials:
+        if launch is not None:  # the jobs ran every trial: a trial that diverged in one is marked failed, not retrained here
+            log.info("%s: %d of %d trial(s) finished", where, finished, cfg.num_trials)
+            rows = trials.write_report(cfg, out_dir=study.cells_folder)
+        elif finished == cfg.num_trials:
             log.info("%s: its %d trial(s) finished before; not trained again", where, finished)
             rows = trials.write_report(cfg, out_dir=study.cells_folder)
         else:

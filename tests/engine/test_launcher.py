@@ -16,8 +16,6 @@ from engine import artifacts, launcher
 from tests import tiny
 from utils import config
 
-pytestmark = pytest.mark.slow
-
 
 def sweep_file(tmp: Path, data_dir: Path) -> Path:
     synthetic = {"num_images": 16, "height": 32, "width": 48, "seed": 2}
@@ -28,6 +26,7 @@ def sweep_file(tmp: Path, data_dir: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_local_submitit_sweep_gives_the_sequential_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the jobs import the project from any working folder
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs compute with one thread, as this process does (fixture)
@@ -60,6 +59,7 @@ def trial_process(root: int) -> int:
             time.sleep(0.1)  # not started yet
 
 
+@pytest.mark.slow
 def test_a_requeued_job_resumes_its_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pre-empted job (SIGUSR2, as Slurm signals it) is requeued by submitit and goes on from last.pt."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -80,6 +80,7 @@ def test_a_requeued_job_resumes_its_trial(tmp_path: Path, monkeypatch: pytest.Mo
     assert "resumes in epoch" in log and "Requeued" in log
 
 
+@pytest.mark.slow
 def test_failed_jobs_are_one_line_naming_the_first_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """A job that raises (here: a split file listing images that are not there) ends the command with exit code 1."""
@@ -102,3 +103,31 @@ def test_failed_jobs_are_one_line_naming_the_first_exception(tmp_path: Path, mon
     assert err[-1].startswith("error: 2 of 2 job(s) failed, first broken trial 0 (job ")
     assert "DataError" in err[-1] and "0001" in err[-1] and "jobs/<job id>/" in err[-1]
     assert "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize(("jobs", "code", "line"), [
+    (None, 0, "submitted; when the jobs have ended, collect the tables with: python get_outputs.py --exp_name outcome "
+              "(or run this command again: it submits only the trials that did not finish)"),
+    ([], 1, "error: no trial of outcome finished; the reasons are in out_csv/outcome_trials.csv"),
+    (["outcome trial 1 (job 7): DataError: boom"], 1,
+     "error: 1 of 2 job(s) failed, first outcome trial 1 (job 7): DataError: boom; every job's logs are in jobs/<job id>/; "
+     "rerun the command to resubmit the unfinished trials"),
+], ids=["no_wait", "none_finished", "a_job_failed"])
+def test_what_the_jobs_returned_decides_the_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str], jobs, code: int, line: str) -> None:
+    """run_jobs' answer (not waited for / all ended / failures) maps to the command's last line and exit code."""
+    monkeypatch.chdir(tmp_path)
+    submitted: list[list[tuple]] = []
+
+    def fake_run_jobs(work, options, *, name, out_dir="out_csv"):
+        submitted.append(list(work))
+        return jobs
+
+    monkeypatch.setattr(launcher, "run_jobs", fake_run_jobs)
+    raw = tiny.tiny_raw("outcome", tmp_path / "runs", tmp_path / "nyud", synthetic={"num_images": 16, "height": 32, "width": 48})
+    (tmp_path / "outcome.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    flags = ["--launcher", "submitit", "--submitit_folder", "jobs", *(["--no_wait"] if jobs is None else [])]
+    assert main_multi_trials.main(["--config_exp", "outcome.yaml", *flags]) == code
+    captured = capsys.readouterr()
+    assert (captured.out if code == 0 else captured.err).strip().splitlines()[-1] == line
+    assert [index for _, index in submitted[0]] == [0, 1]  # nothing finished: both trials submitted
