@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with StopOnSignal() as stop:
                 try:
-                    if cfg.lambda_sweep or cfg.sparsity_sweep:
+                    if sweep.is_sweep(cfg):
                         table = sweep.run_sweep(cfg, trial=args.trial, stop=stop.requested, context=context)
                         if context.is_main:
                             print(f"\n{cfg.Experiment_name}: {sweep.sweep_key(cfg)} sweep\n{sweep.format_sweep(cfg, table)}")
@@ -98,14 +98,14 @@ def _launch(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
         print(f"submitted; when the jobs have ended, collect the tables with: python get_outputs.py --exp_name "
               f"{cfg.Experiment_name} (or run this command again: it submits only the trials that did not finish)")
         return 0
-    if cfg.lambda_sweep or cfg.sparsity_sweep:
-        if outcome.result is not None:
-            print(f"\n{cfg.Experiment_name}: {sweep.sweep_key(cfg)} sweep\n{sweep.format_sweep(cfg, outcome.result)}")
-    elif outcome.result:
+    swept = sweep.is_sweep(cfg)
+    if swept and outcome.result is not None:
+        print(f"\n{cfg.Experiment_name}: {sweep.sweep_key(cfg)} sweep\n{sweep.format_sweep(cfg, outcome.result)}")
+    elif not swept and outcome.result:
         print(f"\n{cfg.Experiment_name}\n{report.format_summary(outcome.result)}")
     if outcome.failed:
         raise launcher.failure(outcome.failed, outcome.jobs, options.folder)
-    if not (cfg.lambda_sweep or cfg.sparsity_sweep or outcome.result):
+    if not swept and not outcome.result:  # a sweep with nothing finished raised in collect_sweep
         raise TrialsFailed(no_trial_finished(cfg))
     return 0
 

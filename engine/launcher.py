@@ -70,7 +70,7 @@ class TrialJob(submitit.helpers.Checkpointable):
 
 def experiments(cfg: ExperimentConfig) -> dict[float, ExperimentConfig] | None:
     """The experiments a config stands for: one per λ of a sweep, or None for the config itself."""
-    return sweep.sweep_configs(cfg) if cfg.lambda_sweep or cfg.sparsity_sweep else None
+    return sweep.sweep_configs(cfg) if sweep.is_sweep(cfg) else None
 
 
 @dataclass(frozen=True)

@@ -308,11 +308,9 @@ def run(study: Study, *, stop: StopRequest = lambda: None, launch: LaunchOptions
         cfg = resolve(cell.cfg)
         where = f"[{number}/{len(study.cells)}] {cell.name}"
         finished = sum(artifacts.is_finished(artifacts.trial_folder(cfg, index), cfg) for index in range(cfg.num_trials))
-        if launch is not None:  # the jobs ran every trial: a trial that diverged in one is marked failed, not retrained here
-            log.info("%s: %d of %d trial(s) finished", where, finished, cfg.num_trials)
-            rows = trials.write_report(cfg, out_dir=study.cells_folder)
-        elif finished == cfg.num_trials:
-            log.info("%s: its %d trial(s) finished before; not trained again", where, finished)
+        # With launch the jobs ran every trial: one that diverged in its job is marked failed, not retrained here.
+        if launch is not None or finished == cfg.num_trials:
+            log.info("%s: %d of %d trial(s) finished; none trained here", where, finished, cfg.num_trials)
             rows = trials.write_report(cfg, out_dir=study.cells_folder)
         else:
             log.info("%s: training %d of %d trial(s)", where, cfg.num_trials - finished, cfg.num_trials)

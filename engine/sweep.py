@@ -39,6 +39,11 @@ def lambda_tag(lam: float) -> str:
     return str(float(lam))
 
 
+def is_sweep(cfg: ExperimentConfig) -> bool:
+    """Whether the config stands for several experiments (``lambda_sweep`` or ``sparsity_sweep``)."""
+    return bool(cfg.lambda_sweep or cfg.sparsity_sweep)
+
+
 def sweep_key(cfg: ExperimentConfig) -> str:
     """What a sweep varies: ``"target"`` (``sparsity_sweep``) or ``"lambda"``."""
     return "target" if cfg.sparsity_sweep else "lambda"
