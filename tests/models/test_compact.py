@@ -2,7 +2,8 @@
 
 Zero groups are set by hand; BatchNorm gets random running statistics and affine parameters,
 so folded constants and dead channels carry non-trivial values. Outputs must agree to
-1e-4 of their largest value (float32, CPU), on random images and on images of the data pipeline.
+1e-4 of their largest value (float32, CPU), on random images and on images of the data pipeline;
+any random zero pattern to 1e-10 in float64 (``test_any_zero_pattern_is_exact``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -261,9 +262,14 @@ def test_singletask_and_torchvision_resnet18_dilated() -> None:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), backbone=st.sampled_from(["resnetd18", "resnetd50"]))
+@example(seed=9, backbone="resnetd50")
 def test_any_zero_pattern_is_exact(seed: int, backbone: str) -> None:
-    """Random zero groups, whole zero layers and zero filters anywhere in backbone and head inputs."""
-    model = make_model(backbone, seed=seed)
+    """Random zero groups, whole zero layers and zero filters anywhere in backbone and head inputs.
+
+    In float64: the removal is exact arithmetic, while a float32 output that is itself cancellation
+    (a head whose inputs are mostly zeroed: 2e-4 from terms of order 1) carries rounding of the
+    terms' scale in the dense model as much as in the compact one (seed 9, resnetd50)."""
+    model = make_model(backbone, seed=seed).double()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for weight in model.parameters():
@@ -277,11 +283,12 @@ def test_any_zero_pattern_is_exact(seed: int, backbone: str) -> None:
             if torch.rand((), generator=gen) < 0.1:
                 weight[torch.rand(weight.shape[0], generator=gen) < 0.5] = 0
     small = compact(model)
-    images = torch.randn(2, 3, *SIZE, generator=gen)
+    images = torch.randn(2, 3, *SIZE, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         expected, got = model(images), small(images)
     for task, value in expected.items():
-        assert (value - got[task]).abs().max() <= TOLERANCE * value.abs().max().clamp_min(1e-30), task
+        assert got[task].dtype == torch.float64
+        assert (value - got[task]).abs().max() <= 1e-10 * value.abs().max().clamp_min(1e-30), task
 
 
 def test_forward_contract_matches_the_multitask_model() -> None:
