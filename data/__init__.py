@@ -1,6 +1,7 @@
 """Datasets of the study: NYU-v2 (NYUD_MT and MTAN layouts, or a synthetic stand-in) and CelebAMask-HQ.
 
-``describe(cfg)`` says what the configured data is, ``build(cfg)`` returns its train / val / test
+``describe(cfg)`` says what the configured data is, ``check(cfg)`` checks it without decoding
+(what a launcher runs before submitting jobs), ``build(cfg)`` returns its train / val / test
 datasets of samples ``{"image": 3xHxW float, "targets": {task: tensor}}`` (docs/contracts.md),
 ``loader(...)`` wraps one in a reproducible DataLoader. They load on first use, so that the
 torch-free modules of this package (``data.celeba_format``) import without torch.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DatasetInfo", "Splits", "build", "data_key", "describe", "loader"]
+__all__ = ["DatasetInfo", "Splits", "build", "check", "data_key", "describe", "loader"]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -64,12 +64,18 @@ def describe(cfg: ExperimentConfig) -> DatasetInfo:
     return DatasetInfo(layout=NAME, num_seg_classes=len(SEG_CLASSES), root=_root(cfg))
 
 
-def build(cfg: ExperimentConfig) -> Splits:
-    """The train/val/test datasets of ``cfg``; only train is augmented (``cfg.augmentation``).
+class Checked(NamedTuple):
+    """The formatted folder as the pre-flight found it: what ``build`` decodes."""
 
-    With ``celebA_subset: first_third`` (the study's ``create_dataset.py``: ``len(split) // 3``
-    samples, the first ones) each split is cut to its first third. The splits share one cache
-    budget, as NYU-v2's do; a split over it reads files on access."""
+    root: Path
+    split: dict[str, list[str]]
+    table: AttributeTable | None
+    bad: preflight.BadSamples
+
+
+def check(cfg: ExperimentConfig) -> Checked:
+    """The folder, its split (cut to ``celebA_subset``), attribute table and bad samples, checked by
+    the pre-flight before any decoding (``data.check``)."""
     root = _root(cfg)
     split = read_split(cfg, root)
     if cfg.celebA_subset == "first_third":
@@ -79,7 +85,16 @@ def build(cfg: ExperimentConfig) -> Splits:
     table = read_attributes(root / ATTRIBUTE_FILE) if attribute_tasks(cfg.task_list) else None
     source = Source(root, with_mask=SEGMENTATION in cfg.task_list, num_classes=cfg.num_seg_classes)
     checks = [_rows_check(table, root / ATTRIBUTE_FILE)] if table is not None else []
-    bad = preflight.check(source, split, skip_bad=cfg.skip_bad_samples, checks=checks)  # before any decoding
+    return Checked(root, split, table, preflight.check(source, split, skip_bad=cfg.skip_bad_samples, checks=checks))
+
+
+def build(cfg: ExperimentConfig) -> Splits:
+    """The train/val/test datasets of ``cfg``; only train is augmented (``cfg.augmentation``).
+
+    With ``celebA_subset: first_third`` (the study's ``create_dataset.py``: ``len(split) // 3``
+    samples, the first ones) each split is cut to its first third. The splits share one cache
+    budget, as NYU-v2's do; a split over it reads files on access."""
+    root, split, table, bad = check(cfg)
     budget = CACHE_BUDGET_BYTES
     datasets = []
     for name in SPLIT_NAMES:

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data import mtan, nyud, preflight
-from data.cache import CACHE_BUDGET_BYTES, DenseDataset
+from data.cache import CACHE_BUDGET_BYTES, DenseDataset, Source
 from utils.config import ExperimentConfig, SyntheticConfig
 from utils.errors import ConfigError, DataError
 from utils.io import folder_problem
@@ -57,6 +57,7 @@ class Splits(NamedTuple):
 
 class _DatasetEntry(NamedTuple):
     describe: Callable[[ExperimentConfig], DatasetInfo]
+    check: Callable[[ExperimentConfig], object]
     build: Callable[[ExperimentConfig], Splits]
 
 
@@ -74,6 +75,13 @@ DATA_KEYS = ("dataset_name", "data_dir_NYU", "data_dir_celebA", "task_list", "in
 def data_key(cfg: ExperimentConfig) -> tuple:
     """What the datasets of ``cfg`` depend on: experiments (λ values, trials) equal in it decode their data once."""
     return tuple(repr(getattr(cfg, key)) for key in DATA_KEYS)
+
+
+def check(cfg: ExperimentConfig) -> None:
+    """What ``build`` checks before decoding (the folder, the splits, the pre-flight's sample; a
+    synthetic set is generated), without decoding: a launcher runs it once before submitting jobs,
+    so a broken folder fails in a second rather than in every job."""
+    _entry(cfg).check(cfg)
 
 
 def build(cfg: ExperimentConfig) -> Splits:
@@ -195,14 +203,20 @@ def _describe_nyu(cfg: ExperimentConfig) -> DatasetInfo:
     return DatasetInfo(layout.NAME, layout.NUM_CLASSES, root)
 
 
-def _build_nyu(cfg: ExperimentConfig) -> Splits:
+def _check_nyu(cfg: ExperimentConfig) -> tuple[Source, dict[str, list[str]], preflight.BadSamples]:
+    """The NYU folder's reader, split ids and bad samples, checked by the pre-flight (a synthetic set
+    is generated first); nothing decoded beyond the pre-flight's sample."""
     root = cfg.data_dir
     if cfg.synthetic is not None:
         _ensure_synthetic(root, cfg.synthetic, key=f"data_dir_{cfg.dataset_name}")
     layout = _nyu_layout(cfg)
     keys = _split_keys(layout, root, meta=cfg.meta)
     source = layout.Source(root, cfg.task_list, num_classes=cfg.num_seg_classes)
-    bad = preflight.check(source, keys, skip_bad=cfg.skip_bad_samples)  # before any decoding
+    return source, keys, preflight.check(source, keys, skip_bad=cfg.skip_bad_samples)
+
+
+def _build_nyu(cfg: ExperimentConfig) -> Splits:
+    source, keys, bad = _check_nyu(cfg)
     budget = CACHE_BUDGET_BYTES
     datasets = []
     for name in Splits._fields:
@@ -305,6 +319,6 @@ def _ensure_synthetic(root: Path, spec: SyntheticConfig, *, key: str = "data_dir
 
 
 _DATASETS: dict[str, _DatasetEntry] = {
-    "NYU": _DatasetEntry(_describe_nyu, _build_nyu),
-    "celebA": _DatasetEntry(_lazy("data.celeba", "describe"), _lazy("data.celeba", "build")),
+    "NYU": _DatasetEntry(_describe_nyu, _check_nyu, _build_nyu),
+    "celebA": _DatasetEntry(*(_lazy("data.celeba", function) for function in ("describe", "check", "build"))),
 }

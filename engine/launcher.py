@@ -7,7 +7,8 @@ local processes through submitit's local executor. Each job trains one trial wit
 from its trial's ``last.pt``. When every job has finished, the experiments' tables (and a
 sweep's table, figure and best λ) are collected from the trial folders; with ``--no_wait`` the
 command returns after submitting and ``get_outputs.py`` (or rerunning the same command) collects
-later. Only trials that have not finished with the same config are submitted (:func:`unfinished`).
+later. Only trials that have not finished with the same config are submitted (:func:`unfinished`),
+after their data passed the pre-flight here (:func:`check_data`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import logging
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from typing import Any, Literal
 import pandas as pd
 import submitit
 
+import data
 from engine import artifacts, sweep, trials
 from engine.trial import resolve
 from utils import config
@@ -123,6 +125,7 @@ def run_jobs(work: Sequence[tuple[ExperimentConfig, int]], options: LaunchOption
     also logged), else return None."""
     if not work:
         return []
+    check_data(cfg for cfg, _ in work)
     jobs = executor(name, options).map_array(TrialJob(), [config.to_dict(cfg) for cfg, _ in work],
                                              [index for _, index in work], [str(out_dir)] * len(work))
     log.info("submitted %d job(s) to %s (%s): %s", len(jobs), options.cluster, options.folder,
@@ -137,6 +140,17 @@ def run_jobs(work: Sequence[tuple[ExperimentConfig, int]], options: LaunchOption
             failed.append(f"{cfg.Experiment_name} trial {index} (job {job.job_id}): {_reason(error)}")
             log.error("%s; its log: %s", failed[-1], job.paths.stderr)
     return failed
+
+
+def check_data(configs: Iterable[ExperimentConfig]) -> None:
+    """Each distinct dataset of the jobs checked here, once, before anything is submitted (``data.check``:
+    a synthetic set is generated here, not raced for by the jobs): a broken folder is one line now,
+    not a failure of every job after it waited in the queue."""
+    seen = set()
+    for cfg in configs:
+        if data.data_key(cfg) not in seen:
+            seen.add(data.data_key(cfg))
+            data.check(cfg)
 
 
 def executor(name: str, options: LaunchOptions) -> submitit.AutoExecutor:

@@ -12,6 +12,9 @@ import pytest
 import yaml
 
 import main_multi_trials
+from data import nyud, preflight
+from data.datasets import _split_keys
+from data.synthetic import make_nyud
 from engine import artifacts, launcher
 from tests import tiny
 from utils import config
@@ -80,28 +83,56 @@ def test_a_requeued_job_resumes_its_trial(tmp_path: Path, monkeypatch: pytest.Mo
     assert "resumes in epoch" in log and "Requeued" in log
 
 
+def broken_nyud(root: Path) -> Path:
+    """A NYUD_MT folder whose split files list images that are not there."""
+    (root / "gt_sets").mkdir(parents=True)
+    for name in ("images", "depth"):
+        (root / name).mkdir()
+    for split, ids in (("train", "0001\n0002\n"), ("val", "0003\n")):
+        (root / "gt_sets" / f"{split}.txt").write_text(ids, encoding="utf-8")
+    return root
+
+
+def experiment_file(tmp: Path, name: str, data_dir: Path) -> Path:
+    """A 2-trial single-task experiment on the NYUD_MT folder ``data_dir`` (no synthetic key)."""
+    raw = tiny.tiny_raw(name, tmp / "runs", data_dir, num_trials=2, epochs=1, task_list=["depth_euclidean"], setup="singletask")
+    raw.pop("synthetic", None)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_a_broken_data_folder_fails_before_anything_is_submitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The pre-flight runs once, here: one line and exit code 2, no job submitted (not one failure per job)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launcher, "executor", lambda *args: pytest.fail("a job was submitted"))
+    path = experiment_file(tmp_path, "broken", broken_nyud(tmp_path / "broken"))
+    code = main_multi_trials.main(["--config_exp", str(path), "--launcher", "submitit", "--submitit_folder", "jobs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and "0001.jpg: file not found" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
 @pytest.mark.slow
 def test_failed_jobs_are_one_line_naming_the_first_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """A job that raises (here: a split file listing images that are not there) ends the command with exit code 1."""
+    """A job that raises (here: a depth file that the pre-flight does not sample, unreadable when the
+    job's cache decodes it) ends the command with exit code 1 and the job's exception on one line."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path)
-    data_dir = tmp_path / "broken"
-    (data_dir / "gt_sets").mkdir(parents=True)
-    for name in ("images", "depth"):
-        (data_dir / name).mkdir()
-    for split in ("train", "val"):
-        (data_dir / "gt_sets" / f"{split}.txt").write_text("0001\n0002\n", encoding="utf-8")
-    raw = tiny.tiny_raw("broken", tmp_path / "runs", data_dir, num_trials=2, epochs=1, task_list=["depth_euclidean"],
-                        setup="singletask")
-    raw.pop("synthetic", None)
-    path = tmp_path / "broken.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    data_dir = tmp_path / "nyud"
+    make_nyud(data_dir, num_images=16, height=32, width=48, seed=2)
+    keys = _split_keys(nyud, data_dir, meta=False)["train"]
+    broken = next(key for key in keys if key not in preflight.sample(keys))
+    (data_dir / "depth" / f"{broken}.npy").write_bytes(b"not an array")
+    path = experiment_file(tmp_path, "broken", data_dir)
     code = main_multi_trials.main(["--config_exp", str(path), "--launcher", "submitit", "--submitit_folder", "jobs"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith("error: 2 of 2 job(s) failed, first broken trial 0 (job ")
-    assert "DataError" in err[-1] and "0001" in err[-1] and "jobs/<job id>/" in err[-1]
+    assert f"BadFile: {data_dir / 'depth' / broken}.npy: " in err[-1] and "jobs/<job id>/" in err[-1]
     assert "Traceback" not in "\n".join(err)
 
 
