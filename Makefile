@@ -1,11 +1,13 @@
 # The two commands of the README: `make demo` and `make test`. Each creates .venv and installs
 # requirements-dev.txt (runtime + test tools) when the venv is missing or the requirements
-# changed; both are idempotent. `make test` runs ruff and the whole suite; `make test-fast`
-# skips the end-to-end runs marked slow.
+# changed; both are idempotent. `make test` runs ruff and the whole suite on two pytest-xdist
+# workers (one thread each; a file's tests stay on one worker, so its fixtures are built once);
+# `make test-fast` skips the end-to-end runs marked slow.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 
 .PHONY: demo test test-fast lint install clean-runs
 
@@ -23,10 +25,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 clean-runs:
 	rm -rf runs wandb out_csv/*.csv out_csv/*.png .cache
