@@ -1,13 +1,14 @@
 # The two commands of the README: `make demo` and `make test`. Each creates .venv and installs
 # requirements-dev.txt (runtime + test tools) when the venv is missing or the requirements
 # changed; both are idempotent. `make test` runs ruff and the whole suite on two pytest-xdist
-# workers (one thread each; a file's tests stay on one worker, so its fixtures are built once);
-# `make test-fast` skips the end-to-end runs marked slow.
+# workers (one thread each; a file's tests stay on one worker, so its fixtures are built once;
+# `make test WORKERS=8` on a bigger machine); `make test-fast` skips the end-to-end runs marked slow.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(WORKERS) --dist loadfile
 
 .PHONY: demo test test-fast lint install clean-runs
 
