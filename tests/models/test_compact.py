@@ -83,7 +83,7 @@ def folded(model: nn.Module, within: nn.Module | None = None) -> int:
 
 
 def flops(model: nn.Module, size: tuple[int, int] = SIZE) -> int:
-    return measure.count_flops(model, torch.zeros(1, 3, *size))
+    return measure.count_flops(model, torch.zeros(1, 3, *size, dtype=next(model.parameters()).dtype))
 
 
 def zero_groups(weight: Tensor, groups: list[int] | slice) -> None:
@@ -102,16 +102,19 @@ def pipeline_images(tmp_path_factory: pytest.TempPathFactory) -> Tensor:
 
 @pytest.mark.parametrize("backbone", ["resnetd18", "resnetd50"])
 def test_without_zero_groups_the_compact_model_is_the_same_model(backbone: str, pipeline_images: Tensor) -> None:
-    model = make_model(backbone)
+    """Equal outputs in float64 (BatchNorm folding only reorders arithmetic; in float32 its rounding, of the
+    scale of the terms, exceeds an element-wise 1e-5 on small outputs for some seeds, in both models alike)."""
+    model = make_model(backbone).double()
     small = compact(model)
     assert isinstance(small, CompactModel) and not small.training
     assert params(small) == params(model) - folded(model) and flops(small) == flops(model)
     assert all(block["shortcut_index"] is None for stage in small.spec["backbone"]["stages"] for block in stage)
+    random_images = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        for images in (torch.randn(2, 3, *SIZE), pipeline_images):
+        for images in (random_images.double(), pipeline_images.double()):
             expected, got = model(images), small(images)
             for task, value in expected.items():
-                torch.testing.assert_close(got[task], value, rtol=1e-5, atol=1e-6 * float(value.abs().max()))
+                torch.testing.assert_close(got[task], value, rtol=0, atol=1e-10 * float(value.abs().max()))
 
 
 @pytest.mark.parametrize("backbone", ["resnetd18", "resnetd50"])
