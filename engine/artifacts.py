@@ -289,7 +289,11 @@ def find_trials(exp_name: str, *, runs_dirs: Sequence[str | Path], num_trials: i
     pattern = re.compile(rf"{re.escape(name)}_?trial_(\d+)")
     found: dict[int, list[Path]] = {}
     exact: list[Path] = []
+    # One folder reached twice (runs/ searched one level deep and runs/NYU, a config's checkpoint_folder) counts once.
+    candidates: dict[Path, Path] = {}
     for folder in (f for root in roots for f in _candidates(root)):
+        candidates.setdefault(folder.resolve(), folder)
+    for folder in candidates.values():
         match = pattern.fullmatch(folder.name)
         if match:
             found.setdefault(int(match.group(1)), []).append(folder)

@@ -82,6 +82,18 @@ def test_both_folder_spellings_and_sub_folders_are_found(tmp_path: Path) -> None
         find_trials("a", runs_dirs=[tmp_path], num_trials=0)
 
 
+def test_a_folder_under_two_runs_folders_is_found_once(tmp_path: Path) -> None:
+    """runs/ (searched one level deep) and runs/NYU (the study files' checkpoint_folder) both reach runs/NYU/x_trial_0."""
+    (tmp_path / "runs" / "NYU" / "x_trial_0").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "runs" / "NYU")
+    expected = {0: tmp_path / "runs" / "NYU" / "x_trial_0"}
+    assert find_trials("x", runs_dirs=[tmp_path / "runs", tmp_path / "runs" / "NYU"]) == expected
+    assert find_trials("x", runs_dirs=[tmp_path / "runs", tmp_path / "link"]) == expected  # the first path found is kept
+    (tmp_path / "runs" / "xtrial_0").mkdir()  # another folder of trial 0: still ambiguous
+    with pytest.raises(DataError, match="several folders"):
+        find_trials("x", runs_dirs=[tmp_path / "runs", tmp_path / "runs" / "NYU"])
+
+
 def test_names_ending_in_underscores_are_taken_as_typed(tmp_path: Path) -> None:
     """The study's CelebA file names its experiment '11_1_multi_male_smile_1e5__': folders get a third '_'."""
     for name in ("11_1_multi_male_smile_1e5___trial_0", "11_1_multi_male_smile_1e5___trial_1", "11_1_multi_male_smile_1e5_trial_0"):
