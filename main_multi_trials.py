@@ -94,7 +94,7 @@ def _launch(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 
     options = launcher.LaunchOptions.from_args(args)
     outcome = launcher.launch(cfg, options, trial=args.trial)
-    if not options.wait:
+    if not options.wait and outcome.jobs:  # with nothing to submit, the finished tables are there: print them
         print(f"submitted; when the jobs have ended, collect the tables with: python get_outputs.py --exp_name "
               f"{cfg.Experiment_name} (or run this command again: it submits only the trials that did not finish)")
         return 0

@@ -69,13 +69,23 @@ def stored_config(folder: Path) -> ExperimentConfig | None:
         return None
 
 
-def same_run(stored: ExperimentConfig | None, current: ExperimentConfig, *, ignore: Iterable[str]) -> bool:
-    """Whether two validated configs compute the same trial, up to the keys in ``ignore``."""
-    if stored is None:
-        return False
+def changed_keys(stored: ExperimentConfig, current: ExperimentConfig, *, ignore: Iterable[str] = RUN_CONTROL_KEYS) -> list[str]:
+    """The top-level keys in which two validated configs differ, outside ``ignore``, as ``key: old -> new``."""
     skip = set(ignore)
     a, b = config.to_dict(stored), config.to_dict(current)
-    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in dict.fromkeys([*a, *b])
+            if key not in skip and a.get(key) != b.get(key)]
+
+
+def describe_changes(changes: Sequence[str], shown: int = 3) -> str:
+    """The first ``shown`` of :func:`changed_keys`' lines, and how many more."""
+    more = f" and {len(changes) - shown} more" if len(changes) > shown else ""
+    return "; ".join(changes[:shown]) + more
+
+
+def same_run(stored: ExperimentConfig | None, current: ExperimentConfig, *, ignore: Iterable[str]) -> bool:
+    """Whether two validated configs compute the same trial, up to the keys in ``ignore``."""
+    return stored is not None and not changed_keys(stored, current, ignore=ignore)
 
 
 def is_finished(folder: Path, cfg: ExperimentConfig) -> bool:

@@ -135,7 +135,11 @@ def evaluate_experiment(
     folders = artifacts.find_trials(exp_name, runs_dirs=runs_dirs, num_trials=num_trials)
     configs = {index: resolve(artifacts.load_trial_config(folder, data_dir=data_dir, device=device))
                for index, folder in folders.items()}
-    first = next(iter(configs.values()))
+    first_index, first = next(iter(configs.items()))
+    for index, cfg in configs.items():
+        if changes := artifacts.changed_keys(first, cfg):
+            log.warning("trial %d of %s was trained with another config than trial %d (%s); the tables average it with the others",
+                        index, exp_name, first_index, artifacts.describe_changes(changes))
     name = Path(exp_name).name + ("" if split == "test" else f"_{split}")
     if name == first.Experiment_name:
         name = f"{name}_eval"

@@ -76,9 +76,9 @@ def run_trial(
     if finished:
         log.info("trial %d already finished in %s; remove the folder to train it again", index, folder)
         return artifacts.read_result(folder)
-    if cfg.checkpoint and not resume and (folder / artifacts.LAST_CHECKPOINT).is_file():
-        log.warning("trial folder %s holds a run of another config; training trial %d from scratch", folder, index)
     if context.is_main:
+        if not resume:
+            _warn_replaced(folder, cfg, index)
         artifacts.open_folder(folder, cfg, resume=resume)
     distributed.barrier(context)
     state = artifacts.load_last(folder, device) if resume else None
@@ -106,6 +106,23 @@ def run_trial(
         logger.finish()
     log.info("trial %d: %s", index, _short(result))
     return result
+
+
+def _warn_replaced(folder: Path, cfg: ExperimentConfig, index: int) -> None:
+    """Say so when training from scratch replaces a run the folder holds: one of another config (naming
+    the keys that changed), or a stopped run's ``last.pt`` that ``checkpoint: false`` does not resume."""
+    held = [name for name in (artifacts.TEST_FILE, artifacts.LAST_CHECKPOINT) if (folder / name).is_file()]
+    if not held:
+        return
+    stored = artifacts.stored_config(folder)
+    changes = [] if stored is None else artifacts.changed_keys(stored, cfg)
+    if stored is None or changes:
+        what = "an unreadable config" if stored is None else artifacts.describe_changes(changes)
+        log.warning("trial folder %s holds a %s run of another config (%s); training trial %d from scratch replaces it",
+                    folder, "finished" if artifacts.TEST_FILE in held else "stopped", what, index)
+    else:
+        log.warning("trial folder %s holds a stopped run's %s; with checkpoint: false trial %d trains from scratch "
+                    "(--set checkpoint=true resumes it)", folder, artifacts.LAST_CHECKPOINT, index)
 
 
 def _write_layer_table(trial: Trial, folder: Path) -> None:

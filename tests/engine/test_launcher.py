@@ -162,3 +162,19 @@ def test_what_the_jobs_returned_decides_the_exit_code(tmp_path: Path, monkeypatc
     captured = capsys.readouterr()
     assert (captured.out if code == 0 else captured.err).strip().splitlines()[-1] == line
     assert [index for _, index in submitted[0]] == [0, 1]  # nothing finished: both trials submitted
+
+
+def test_no_wait_with_every_trial_finished_prints_the_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing to submit: the command says so and prints the finished tables, not 'submitted'."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launcher, "executor", lambda *args: pytest.fail("a job was submitted"))
+    raw = tiny.tiny_raw("done", tmp_path / "runs", tmp_path / "nyud", synthetic={"num_images": 16, "height": 32, "width": 48},
+                        num_trials=2, epochs=1, task_list=["depth_euclidean"], setup="singletask")
+    (tmp_path / "done.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main_multi_trials.main(["--config_exp", "done.yaml"]) == 0
+    capsys.readouterr()
+    assert main_multi_trials.main(["--config_exp", "done.yaml", "--launcher", "submitit", "--no_wait"]) == 0
+    captured = capsys.readouterr()
+    assert "submitted" not in captured.out and "2 of 2 trial(s) finished before; not submitted again" in captured.err
+    assert captured.out.strip().splitlines()[0] == "done"  # the summary table follows the experiment's name

@@ -1,5 +1,6 @@
 """End to end on a tiny synthetic dataset: trial folders, tables, one backbone pass, exact resume."""
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -98,15 +99,32 @@ def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert torch.equal(value, b["model"][key]), key
 
 
-def test_changed_config_never_resumes_or_reuses_an_old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_changed_config_never_resumes_or_reuses_an_old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     strong = {"learning_rate": 1e-2, "penalty": "l1_l2", "lambda": 1.0}
     sparse = tiny_config(tmp_path, num_trials=1, epochs=1, bb_optimizer_params=strong)
     first = trials.run(sparse)
     dense = tiny_config(tmp_path, num_trials=1, epochs=1, checkpoint=True, group_sparsity=False, bb_optimizer_params=strong)
-    second = trials.run(dense)
+    with caplog.at_level(logging.WARNING, logger="gsmtl"):
+        second = trials.run(dense)
     assert first[0]["group_sparsity"] > 0 and second[0]["group_sparsity"] == 0
     assert config.load(artifacts.trial_folder(dense, 0) / "config_file.yaml").group_sparsity is False
+    replaced = [r.getMessage() for r in caplog.records if "of another config" in r.getMessage()]
+    assert len(replaced) == 1 and "holds a finished run of another config (group_sparsity: True -> False)" in replaced[0]
+
+
+def test_a_stopped_run_that_checkpoint_false_does_not_resume_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path, num_trials=1, epochs=1)
+    trials.run(cfg)
+    (artifacts.trial_folder(cfg, 0) / artifacts.TEST_FILE).unlink()  # as if stopped: last.pt, no test results
+    with caplog.at_level(logging.WARNING, logger="gsmtl"):
+        trials.run(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"holds a stopped run's {LAST_CHECKPOINT}; with checkpoint: false trial 0 trains from scratch "
+               "(--set checkpoint=true resumes it)" in message for message in warned), warned
 
 
 def test_resuming_a_stopped_run_trains_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

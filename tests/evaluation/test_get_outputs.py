@@ -13,7 +13,7 @@ import get_outputs
 import tasks as task_registry
 from engine import evaluate
 from engine.artifacts import default_runs_dirs, find_trials
-from utils import io, report
+from utils import config, io, report
 from utils.errors import ConfigError, DataError
 
 NAME = "tiny_mtl"  # conftest's experiment
@@ -124,6 +124,18 @@ def test_an_evaluation_never_overwrites_the_training_table(trained, tmp_path: Pa
     assert run(trained, out, "--exp_name", NAME, "--num_trials", "1") == 0
     assert (out / f"{NAME}.csv").read_text() == "training table\n"
     assert (out / f"{NAME}_eval.csv").is_file() and (out / f"{NAME}_eval_trials.csv").is_file()
+
+
+def test_trials_of_different_configs_are_named_in_a_warning(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A trial retrained after a config change is averaged with the others, with a warning naming the keys."""
+    runs = tmp_path / "runs"
+    shutil.copytree(trained.runs, runs)
+    path = runs / trained.folder(1).name / "config_file.yaml"
+    io.write_text(path, config.dump(config.load(path).model_copy(update={"epochs": trained.cfg.epochs + 5})))
+    assert get_outputs.main(["--runs_dir", str(runs), "--out_dir", str(tmp_path / "out"), "--device", "cpu",
+                             "--exp_name", NAME]) == 0
+    assert (f"trial 1 of {NAME} was trained with another config than trial 0 (epochs: {trained.cfg.epochs} -> "
+            f"{trained.cfg.epochs + 5}); the tables average it with the others") in capsys.readouterr().err
 
 
 def test_missing_trial_exits_2_naming_it(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
