@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,30 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_broken_config_exits_2_with_one_line(overrides: list[str], expected: str) -> None:
-    started = time.perf_counter()
     args = [a for o in overrides for a in ("--set", o)]
     result = run_cli("--config_exp", "config/demo_synthetic.yaml", *args)
-    assert time.perf_counter() - started < 15  # the issue asks for 5 s; CI machines are shared
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and expected in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_a_broken_config_is_refused_before_torch_is_imported() -> None:
+    """Fast by construction (no timing): the config is checked before the heavy imports."""
+    code = ("import sys, main_multi_trials; "
+            "code = main_multi_trials.main(['--config_exp', 'config/demo_synthetic.yaml', '--set', 'epochz=3']); "
+            "print(code, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["2", "False"], result.stderr
+
+
+@pytest.mark.parametrize(("local_rank", "lines"), [("0", 1), ("1", 0)])
+def test_under_torchrun_a_config_error_is_printed_once_per_machine(local_rank: str, lines: int) -> None:
+    """Every torchrun process reads the same files: the machine's first process alone prints the line."""
+    result = subprocess.run([sys.executable, "main_multi_trials.py", "--set", "epochz=3"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "LOCAL_RANK": local_rank})
+    assert result.returncode == 2
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == lines, result.stderr
 
 
 def test_missing_config_file_exits_2() -> None:
