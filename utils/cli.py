@@ -1,9 +1,9 @@
 """What every command-line entry point shares: console logging and errors mapped to exit codes.
 
 A problem the user can fix (config, data, checkpoint) is one line, ``error: <message>``, and
-exit code 2, never a traceback (under torchrun, printed by each machine's first process only). A diverged run that was asked to stop the experiment
-(``on_trial_failure: stop``), an experiment none of whose trials finished and submitted jobs that
-failed are one line and exit code 1. An interruption exits with 130 (Ctrl-C) or 143 (SIGTERM)
+exit code 2, never a traceback (under torchrun, printed by each machine's first process only).
+A diverged run that was asked to stop the experiment (``on_trial_failure: stop``), an experiment
+none of whose trials finished and submitted jobs that failed are one line and exit code 1. An interruption exits with 130 (Ctrl-C) or 143 (SIGTERM)
 after one line saying how to resume. A file-system error the checks
 before the work could not foresee (a full disk, a read-only mount) is one line naming the file
 and exit code 2; a reader that closes the pipe early (``| head``) ends the command quietly (141).
