@@ -27,6 +27,7 @@ from utils import config, yaml_io
 from utils.config import ExperimentConfig
 from utils.errors import ConfigError, DataError
 from utils.io import read_json, remove_stale_temps, write_json, write_text
+from utils.logging import flatten
 
 log = logging.getLogger("gsmtl")
 
@@ -70,11 +71,12 @@ def stored_config(folder: Path) -> ExperimentConfig | None:
 
 
 def changed_keys(stored: ExperimentConfig, current: ExperimentConfig, *, ignore: Iterable[str] = RUN_CONTROL_KEYS) -> list[str]:
-    """The top-level keys in which two validated configs differ, outside ``ignore``, as ``key: old -> new``."""
+    """The keys (dotted when nested) in which two validated configs differ, outside the top-level keys
+    ``ignore``, as ``key: old -> new``."""
     skip = set(ignore)
-    a, b = config.to_dict(stored), config.to_dict(current)
+    a, b = flatten(config.to_dict(stored), sep="."), flatten(config.to_dict(current), sep=".")
     return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in dict.fromkeys([*a, *b])
-            if key not in skip and a.get(key) != b.get(key)]
+            if key.split(".")[0] not in skip and a.get(key) != b.get(key)]
 
 
 def describe_changes(changes: Sequence[str], shown: int = 3) -> str:
@@ -299,11 +301,7 @@ def find_trials(exp_name: str, *, runs_dirs: Sequence[str | Path], num_trials: i
     pattern = re.compile(rf"{re.escape(name)}_?trial_(\d+)")
     found: dict[int, list[Path]] = {}
     exact: list[Path] = []
-    # One folder reached twice (runs/ searched one level deep and runs/NYU, a config's checkpoint_folder) counts once.
-    candidates: dict[Path, Path] = {}
     for folder in (f for root in roots for f in _candidates(root)):
-        candidates.setdefault(folder.resolve(), folder)
-    for folder in candidates.values():
         match = pattern.fullmatch(folder.name)
         if match:
             found.setdefault(int(match.group(1)), []).append(folder)
@@ -311,6 +309,7 @@ def find_trials(exp_name: str, *, runs_dirs: Sequence[str | Path], num_trials: i
             exact.append(folder)
     if not found and exact:
         found = {0: exact}
+    found = {index: _distinct(folders) for index, folders in found.items()}
     where = ", ".join(str(r) for r in roots)
     if not found:
         raise DataError(f"no trial folders '{name}_trial_<i>' or '{name}trial_<i>' in {where} or their sub-folders; "
@@ -328,6 +327,15 @@ def find_trials(exp_name: str, *, runs_dirs: Sequence[str | Path], num_trials: i
             raise DataError(f"trial {index} of '{name}' is in several folders {[str(f) for f in found[index]]}; "
                             "pass --runs_dir (or a path in --exp_name) to pick one")
     return {i: found[i][0] for i in wanted}
+
+
+def _distinct(folders: Sequence[Path]) -> list[Path]:
+    """One path per folder, the first found: a folder reached twice (``runs/`` searched one level deep
+    and ``runs/NYU``, a config's ``checkpoint_folder``; a symlink) counts once."""
+    kept: dict[Path, Path] = {}
+    for folder in folders:
+        kept.setdefault(folder.resolve(), folder)
+    return list(kept.values())
 
 
 def _candidates(root: Path) -> list[Path]:

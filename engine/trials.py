@@ -112,17 +112,21 @@ def _warn_replaced(folder: Path, cfg: ExperimentConfig, index: int) -> None:
     """Say so when training from scratch replaces a run the folder holds: one of another config (naming
     the keys that changed), or a stopped run's ``last.pt`` that ``checkpoint: false`` does not resume."""
     held = [name for name in (artifacts.TEST_FILE, artifacts.LAST_CHECKPOINT) if (folder / name).is_file()]
-    if not held:
+    if not held or artifacts.failure(folder) is not None:  # a diverged trial is trained again, as asked
         return
     stored = artifacts.stored_config(folder)
     changes = [] if stored is None else artifacts.changed_keys(stored, cfg)
+    # Here checkpoint is false or the config changed beyond epochs: a stopped run that only that stops resuming.
+    resumable = held == [artifacts.LAST_CHECKPOINT] and artifacts.same_run(
+        stored, cfg, ignore=artifacts.RUN_CONTROL_KEYS | {"epochs"})
+    hint = " (--set checkpoint=true resumes it)" if resumable else ""
     if stored is None or changes:
-        what = "an unreadable config" if stored is None else artifacts.describe_changes(changes)
-        log.warning("trial folder %s holds a %s run of another config (%s); training trial %d from scratch replaces it",
-                    folder, "finished" if artifacts.TEST_FILE in held else "stopped", what, index)
+        what = "a config it cannot read" if stored is None else artifacts.describe_changes(changes)
+        log.warning("trial folder %s holds a %s run of another config (%s); training trial %d from scratch replaces it%s",
+                    folder, "finished" if artifacts.TEST_FILE in held else "stopped", what, index, hint)
     else:
-        log.warning("trial folder %s holds a stopped run's %s; with checkpoint: false trial %d trains from scratch "
-                    "(--set checkpoint=true resumes it)", folder, artifacts.LAST_CHECKPOINT, index)
+        log.warning("trial folder %s holds a stopped run's %s; with checkpoint: false trial %d trains from scratch%s",
+                    folder, artifacts.LAST_CHECKPOINT, index, hint)
 
 
 def _write_layer_table(trial: Trial, folder: Path) -> None:

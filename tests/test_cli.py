@@ -43,15 +43,6 @@ def test_a_broken_config_is_refused_before_torch_is_imported() -> None:
     assert result.stdout.split() == ["2", "False"], result.stderr
 
 
-@pytest.mark.parametrize(("local_rank", "lines"), [("0", 1), ("1", 0)])
-def test_under_torchrun_a_config_error_is_printed_once_per_machine(local_rank: str, lines: int) -> None:
-    """Every torchrun process reads the same files: the machine's first process alone prints the line."""
-    result = subprocess.run([sys.executable, "main_multi_trials.py", "--set", "epochz=3"], cwd=REPO, capture_output=True,
-                            text=True, timeout=60, env={**os.environ, "LOCAL_RANK": local_rank})
-    assert result.returncode == 2
-    assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == lines, result.stderr
-
-
 def test_missing_config_file_exits_2() -> None:
     result = run_cli("--config_exp", "config/nope.yaml")
     assert result.returncode == 2 and "config/nope.yaml" in result.stderr

@@ -1,7 +1,8 @@
 """What every command-line entry point shares: console logging and errors mapped to exit codes.
 
 A problem the user can fix (config, data, checkpoint) is one line, ``error: <message>``, and
-exit code 2, never a traceback (under torchrun, printed by each machine's first process only).
+exit code 2, never a traceback (under torchrun, each process that meets it prints it: a bad file
+may be read by one rank only).
 A diverged run that was asked to stop the experiment (``on_trial_failure: stop``), an experiment
 none of whose trials finished and submitted jobs that failed are one line and exit code 1. An interruption exits with 130 (Ctrl-C) or 143 (SIGTERM)
 after one line saying how to resume. A file-system error the checks
@@ -95,8 +96,7 @@ def main_guard(body: Callable[[], int | None]) -> int:
     try:
         return body() or 0
     except (ConfigError, DataError) as error:
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # under torchrun every process reads the same files: one line per machine
-            print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `... | head`: the reader left; say nothing more
         _silence_stdout()

@@ -125,6 +125,13 @@ def test_a_stopped_run_that_checkpoint_false_does_not_resume_is_named(tmp_path: 
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"holds a stopped run's {LAST_CHECKPOINT}; with checkpoint: false trial 0 trains from scratch "
                "(--set checkpoint=true resumes it)" in message for message in warned), warned
+    (artifacts.trial_folder(cfg, 0) / artifacts.TEST_FILE).unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gsmtl"):
+        trials.run(tiny_config(tmp_path, num_trials=1, epochs=2))  # more epochs: what a resume may change
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("holds a stopped run of another config (epochs: 1 -> 2); training trial 0 from scratch replaces it "
+               "(--set checkpoint=true resumes it)" in message for message in warned), warned
 
 
 def test_resuming_a_stopped_run_trains_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

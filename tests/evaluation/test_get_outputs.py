@@ -89,6 +89,8 @@ def test_a_folder_under_two_runs_folders_is_found_once(tmp_path: Path) -> None:
     expected = {0: tmp_path / "runs" / "NYU" / "x_trial_0"}
     assert find_trials("x", runs_dirs=[tmp_path / "runs", tmp_path / "runs" / "NYU"]) == expected
     assert find_trials("x", runs_dirs=[tmp_path / "runs", tmp_path / "link"]) == expected  # the first path found is kept
+    (tmp_path / "runs" / "0_best").symlink_to(tmp_path / "runs" / "NYU" / "x_trial_0")  # an alias sorted first
+    assert find_trials("x", runs_dirs=[tmp_path / "runs"]) == expected
     (tmp_path / "runs" / "xtrial_0").mkdir()  # another folder of trial 0: still ambiguous
     with pytest.raises(DataError, match="several folders"):
         find_trials("x", runs_dirs=[tmp_path / "runs", tmp_path / "runs" / "NYU"])
