@@ -43,6 +43,8 @@ FAILURE_FILE = "failed.json"
 #: an interrupted one resumed (``checkpoint: true``) across changes of these (and, to resume, of
 #: ``epochs``, so a run can be extended).
 RUN_CONTROL_KEYS = frozenset({"checkpoint", "wandb", "num_workers", "device", "log_every", "num_trials"})
+#: What a resume may change besides: ``epochs`` (a run can be extended).
+RESUME_KEYS = RUN_CONTROL_KEYS | {"epochs"}
 #: The parts of ``last.pt``, in the order the trainer writes them.
 LAST_PARTS = ("epoch", "model", "weighting", "optimizer", "scheduler", "stopping", "sparsity", "history", "rng", "wandb_id")
 
@@ -98,7 +100,7 @@ def is_finished(folder: Path, cfg: ExperimentConfig) -> bool:
 def can_resume(folder: Path, cfg: ExperimentConfig) -> bool:
     """``checkpoint: true`` and a ``last.pt`` of this config (``epochs`` may have grown)."""
     return (cfg.checkpoint and (folder / LAST_CHECKPOINT).is_file()
-            and same_run(stored_config(folder), cfg, ignore=RUN_CONTROL_KEYS | {"epochs"}))
+            and same_run(stored_config(folder), cfg, ignore=RESUME_KEYS))
 
 
 def open_folder(folder: Path, cfg: ExperimentConfig, *, resume: bool) -> None:

@@ -146,11 +146,8 @@ def check_data(configs: Iterable[ExperimentConfig]) -> None:
     """Each distinct dataset of the jobs checked here, once, before anything is submitted (``data.check``:
     a synthetic set is generated here, not raced for by the jobs): a broken folder is one line now,
     not a failure of every job after it waited in the queue."""
-    seen = set()
-    for cfg in configs:
-        if data.data_key(cfg) not in seen:
-            seen.add(data.data_key(cfg))
-            data.check(cfg)
+    for cfg in {data.data_key(cfg): cfg for cfg in configs}.values():
+        data.check(cfg)
 
 
 def executor(name: str, options: LaunchOptions) -> submitit.AutoExecutor:

@@ -117,8 +117,7 @@ def _warn_replaced(folder: Path, cfg: ExperimentConfig, index: int) -> None:
     stored = artifacts.stored_config(folder)
     changes = [] if stored is None else artifacts.changed_keys(stored, cfg)
     # Here checkpoint is false or the config changed beyond epochs: a stopped run that only that stops resuming.
-    resumable = held == [artifacts.LAST_CHECKPOINT] and artifacts.same_run(
-        stored, cfg, ignore=artifacts.RUN_CONTROL_KEYS | {"epochs"})
+    resumable = held == [artifacts.LAST_CHECKPOINT] and artifacts.same_run(stored, cfg, ignore=artifacts.RESUME_KEYS)
     hint = " (--set checkpoint=true resumes it)" if resumable else ""
     if stored is None or changes:
         what = "a config it cannot read" if stored is None else artifacts.describe_changes(changes)

@@ -2,12 +2,12 @@
 
 A problem the user can fix (config, data, checkpoint) is one line, ``error: <message>``, and
 exit code 2, never a traceback (under torchrun, each process that meets it prints it: a bad file
-may be read by one rank only).
-A diverged run that was asked to stop the experiment (``on_trial_failure: stop``), an experiment
-none of whose trials finished and submitted jobs that failed are one line and exit code 1. An interruption exits with 130 (Ctrl-C) or 143 (SIGTERM)
-after one line saying how to resume. A file-system error the checks
-before the work could not foresee (a full disk, a read-only mount) is one line naming the file
-and exit code 2; a reader that closes the pipe early (``| head``) ends the command quietly (141).
+may be read by one rank only). A diverged run that was asked to stop the experiment
+(``on_trial_failure: stop``), an experiment none of whose trials finished and submitted jobs that
+failed are one line and exit code 1. An interruption exits with 130 (Ctrl-C) or 143 (SIGTERM)
+after one line saying how to resume. A file-system error the checks before the work could not
+foresee (a full disk, a read-only mount) is one line naming the file and exit code 2; a reader
+that closes the pipe early (``| head``) ends the command quietly (141).
 """
 
 from __future__ import annotations
