@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -92,15 +92,30 @@ def same_run(stored: ExperimentConfig | None, current: ExperimentConfig, *, igno
     return stored is not None and not changed_keys(stored, current, ignore=ignore)
 
 
+class Holding(NamedTuple):
+    """What a trial folder holds, measured against the config about to train there. Read once per
+    run, so a config file that no longer validates is reported once."""
+
+    stored: ExperimentConfig | None  # the folder's config; None: no file, or one that no longer validates
+    results: bool  # test_dict.json exists
+    last: bool  # last.pt exists
+    finished: bool  # test results of this config, up to RUN_CONTROL_KEYS
+    resumable: bool  # a last.pt of this config, up to RESUME_KEYS (``checkpoint: true`` resumes it)
+    failure: str | None  # why the run there diverged, or None
+
+
+def holding(folder: Path, cfg: ExperimentConfig) -> Holding:
+    """Read what ``folder`` holds for ``cfg``."""
+    stored = stored_config(folder)
+    results, last = (folder / TEST_FILE).is_file(), (folder / LAST_CHECKPOINT).is_file()
+    return Holding(stored=stored, results=results, last=last,
+                   finished=results and same_run(stored, cfg, ignore=RUN_CONTROL_KEYS),
+                   resumable=last and same_run(stored, cfg, ignore=RESUME_KEYS), failure=failure(folder))
+
+
 def is_finished(folder: Path, cfg: ExperimentConfig) -> bool:
     """A trial of this config finished here (its test results exist)."""
     return (folder / TEST_FILE).is_file() and same_run(stored_config(folder), cfg, ignore=RUN_CONTROL_KEYS)
-
-
-def can_resume(folder: Path, cfg: ExperimentConfig) -> bool:
-    """``checkpoint: true`` and a ``last.pt`` of this config (``epochs`` may have grown)."""
-    return (cfg.checkpoint and (folder / LAST_CHECKPOINT).is_file()
-            and same_run(stored_config(folder), cfg, ignore=RESUME_KEYS))
 
 
 def open_folder(folder: Path, cfg: ExperimentConfig, *, resume: bool) -> None:

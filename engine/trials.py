@@ -72,13 +72,17 @@ def run_trial(
 ) -> dict[str, Any]:
     """Train, test and save one trial; a finished trial of the same config is not trained again."""
     folder = artifacts.trial_folder(cfg, index)
-    finished, resume = distributed.broadcast((artifacts.is_finished(folder, cfg), artifacts.can_resume(folder, cfg)), context)
+    held = artifacts.holding(folder, cfg)
+    finished, resume = distributed.broadcast((held.finished, cfg.checkpoint and held.resumable), context)
     if finished:
         log.info("trial %d already finished in %s; remove the folder to train it again", index, folder)
         return artifacts.read_result(folder)
     if context.is_main:
-        if not resume:
-            _warn_replaced(folder, cfg, index)
+        if resume and held.failure is not None:
+            log.warning("trial %d was marked failed (%s); it resumes from its last good %s, so unchanged data "
+                        "and config most likely fail again at that step", index, held.failure, artifacts.LAST_CHECKPOINT)
+        elif not resume:
+            _warn_replaced(folder, cfg, index, held)
         artifacts.open_folder(folder, cfg, resume=resume)
     distributed.barrier(context)
     state = artifacts.load_last(folder, device) if resume else None
@@ -108,21 +112,18 @@ def run_trial(
     return result
 
 
-def _warn_replaced(folder: Path, cfg: ExperimentConfig, index: int) -> None:
+def _warn_replaced(folder: Path, cfg: ExperimentConfig, index: int, held: artifacts.Holding) -> None:
     """Say so when training from scratch replaces a run the folder holds: one of another config (naming
     the keys that changed), or a stopped run's ``last.pt`` that ``checkpoint: false`` does not resume."""
-    held = [name for name in (artifacts.TEST_FILE, artifacts.LAST_CHECKPOINT) if (folder / name).is_file()]
-    if not held or artifacts.failure(folder) is not None:  # a diverged trial is trained again, as asked
+    if not (held.results or held.last) or held.failure is not None:  # a diverged trial is trained again, as asked
         return
-    stored = artifacts.stored_config(folder)
-    changes = [] if stored is None else artifacts.changed_keys(stored, cfg)
-    # Here checkpoint is false or the config changed beyond epochs: a stopped run that only that stops resuming.
-    resumable = held == [artifacts.LAST_CHECKPOINT] and artifacts.same_run(stored, cfg, ignore=artifacts.RESUME_KEYS)
-    hint = " (--set checkpoint=true resumes it)" if resumable else ""
-    if stored is None or changes:
-        what = "a config it cannot read" if stored is None else artifacts.describe_changes(changes)
+    changes = [] if held.stored is None else artifacts.changed_keys(held.stored, cfg)
+    # Not resumed: checkpoint is false, or the config changed beyond epochs. The hint when only the first holds.
+    hint = " (--set checkpoint=true resumes it)" if held.resumable else ""
+    if held.stored is None or changes:
+        what = "a config it cannot read" if held.stored is None else artifacts.describe_changes(changes)
         log.warning("trial folder %s holds a %s run of another config (%s); training trial %d from scratch replaces it%s",
-                    folder, "finished" if artifacts.TEST_FILE in held else "stopped", what, index, hint)
+                    folder, "finished" if held.results else "stopped", what, index, hint)
     else:
         log.warning("trial folder %s holds a stopped run's %s; with checkpoint: false trial %d trains from scratch%s",
                     folder, artifacts.LAST_CHECKPOINT, index, hint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -98,6 +99,40 @@ def test_a_nan_in_training_stops_the_trial_and_the_next_one_runs(tmp_path: Path,
     assert table.set_index("trial").loc[0, "status"] == "failed" and "non-finite" in table.set_index("trial").loc[0, "reason"]
     summary = pd.read_csv(tmp_path / "out_csv" / "stop.csv")
     assert summary.loc[0, "n_trials"] == 1
+
+
+def test_a_failed_trial_rerun_with_checkpoint_true_resumes_from_its_last_good_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The rerun says the trial failed before; once the cause is gone it ends as the straight run does."""
+    monkeypatch.chdir(tmp_path)
+    from tasks.depth import DepthTask
+
+    straight = tiny_config(tmp_path / "a", epochs=2, log_every=1000)
+    trials.run(straight)
+    cfg = tiny_config(tmp_path / "b", epochs=2, log_every=1000, checkpoint=True)
+    original = DepthTask.loss
+    calls = {"n": 0}
+
+    def poisoned(self, pred, target):  # the 8th step (epoch 1) diverges
+        calls["n"] += 1
+        loss = original(self, pred, target)
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    monkeypatch.setattr(DepthTask, "loss", poisoned)
+    assert trials.run(cfg) == []
+    folder = artifacts.trial_folder(cfg, 0)
+    reason = artifacts.failure(folder)
+    assert reason is not None and artifacts.load_last(folder)["epoch"] == 0
+    monkeypatch.setattr(DepthTask, "loss", original)  # the cause is gone (a fixed data file, say)
+    with caplog.at_level(logging.INFO, logger="gsmtl"):
+        rows = trials.run(cfg)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"trial 0 was marked failed ({reason}); it resumes from its last good last.pt" in "\n".join(messages)
+    assert "trial 0 resumes in epoch 1" in messages
+    assert [row["trial"] for row in rows] == [0] and artifacts.failure(folder) is None
+    a, b = _weights(straight), _weights(cfg)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_a_nan_target_under_the_validity_mask_names_its_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

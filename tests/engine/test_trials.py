@@ -134,6 +134,33 @@ def test_a_stopped_run_that_checkpoint_false_does_not_resume_is_named(tmp_path: 
                "(--set checkpoint=true resumes it)" in message for message in warned), warned
 
 
+def test_a_finished_run_that_checkpoint_true_would_extend_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """More epochs and checkpoint: false train from scratch; the warning says checkpoint=true extends the run."""
+    monkeypatch.chdir(tmp_path)
+    trials.run(tiny_config(tmp_path, num_trials=1, epochs=1))
+    with caplog.at_level(logging.WARNING, logger="gsmtl"):
+        trials.run(tiny_config(tmp_path, num_trials=1, epochs=2))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("holds a finished run of another config (epochs: 1 -> 2); training trial 0 from scratch replaces it "
+               "(--set checkpoint=true resumes it)" in message for message in warned), warned
+
+
+def test_a_config_file_that_no_longer_validates_is_reported_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path, num_trials=1, epochs=1, checkpoint=True)
+    trials.run(cfg)
+    stored = artifacts.trial_folder(cfg, 0) / artifacts.CONFIG_FILE
+    stored.write_text(stored.read_text(encoding="utf-8").replace("epochs: 1", "epochs: -1"), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="gsmtl"):
+        trials.run(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("the folder is not reused" in message for message in warned) == 1, warned
+    assert any("holds a finished run of another config (a config it cannot read)" in message for message in warned), warned
+    assert config.load(stored).epochs == 1  # trained again, and its config written anew
+
+
 def test_resuming_a_stopped_run_trains_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config(tmp_path, num_trials=1, epochs=2)
