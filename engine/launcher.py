@@ -14,6 +14,7 @@ after their data passed the pre-flight here (:func:`check_data`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import shlex
@@ -139,6 +140,9 @@ def run_jobs(work: Sequence[tuple[ExperimentConfig, int]], options: LaunchOption
         except submitit.core.utils.UncompletedJobError as error:  # FailedJobError included
             failed.append(f"{cfg.Experiment_name} trial {index} (job {job.job_id}): {_reason(error)}")
             log.error("%s; its log: %s", failed[-1], job.paths.stderr)
+    if options.cluster == "local":  # submitit's local controller makes its folder before it substitutes %j
+        with contextlib.suppress(OSError):  # not empty: not that folder's
+            (options.folder / "%j").rmdir()
     return failed
 
 

@@ -134,6 +134,7 @@ def test_failed_jobs_are_one_line_naming_the_first_exception(tmp_path: Path, mon
     assert err[-1].startswith("error: 2 of 2 job(s) failed, first broken trial 0 (job ")
     assert f"BadFile: {data_dir / 'depth' / broken}.npy: " in err[-1] and "jobs/<job id>/" in err[-1]
     assert "Traceback" not in "\n".join(err)
+    assert len(list((tmp_path / "jobs").iterdir())) == 2, "one folder per job, no empty '%j' of the local controller"
 
 
 @pytest.mark.parametrize(("jobs", "code", "line"), [
