@@ -159,6 +159,8 @@ class ProxAdam(Optimizer):
                 denoms = exp_avg_sqs if weighted else None
             else:
                 alphas, denoms = adam(params, grads, exp_avgs, exp_avg_sqs, steps, **kwargs, keep_denoms=weighted)
+                if not weighted:  # these α pair with d = √v̂ + ε; with d ≡ 1 nothing rescales, so the prox takes §5's α
+                    alphas = _fused_metric(steps, beta1, beta2, group["lr"], group["eps"])[0]
             if use_prox:
                 _prox(group, params, alphas, denoms, offsets if weighted else None)
         return loss
@@ -220,7 +222,8 @@ def _bias_corrections(steps: list[Tensor], beta1: float, beta2: float, lr: float
 def _fused_metric(
     steps: list[Tensor], beta1: float, beta2: float, lr: float, eps: float, ahead: int = 0
 ) -> tuple[list[float], list[float]]:
-    """The fused path's step sizes α·√(1 − β₂ᵗ) and metric offsets ε√(1 − β₂ᵗ) (d = √v + offset)."""
+    """The step sizes of REFERENCE §5, lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ), and the offsets ε√(1 − β₂ᵗ) of its
+    metric d = √v + offset (the fused path's form: v is not bias-corrected)."""
     alphas, bc2_sqrt = _bias_corrections(steps, beta1, beta2, lr, ahead)
     return [a * b for a, b in zip(alphas, bc2_sqrt)], [eps * b for b in bc2_sqrt]
 

@@ -115,6 +115,51 @@ def test_fused_and_foreach_steps_agree_with_the_prox_on() -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def _reference_unweighted(x0: torch.Tensor, grads: list[torch.Tensor], *, lr: float, lam: float, gamma: float | None,
+                          wd: float, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
+    """REFERENCE §5 written out in float64: AdamW, then the prox with d ≡ 1 and α = lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ)
+    on the groups x[:, j] (group lasso: soft thresholding; group MCP: firm thresholding)."""
+    (b1, b2), x = betas, x0.clone()
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    lam_g = lam * (x[:, 0].numel()) ** 0.5
+    for t, g in enumerate(grads, start=1):
+        x = x * (1 - lr * wd)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        alpha = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+        x = x - alpha * m / (v.sqrt() + eps * (1 - b2**t) ** 0.5)
+        norm = x.transpose(0, 1).flatten(1).norm(dim=1).view(1, -1, *[1] * (x.ndim - 2))
+        if gamma is None:
+            scale = (1 - alpha * lam_g / norm).clamp(min=0)
+        else:
+            scale = torch.where(norm > gamma * lam_g, torch.ones_like(norm),
+                                ((norm - alpha * lam_g) / ((1 - alpha / gamma) * norm)).clamp(min=0))
+        x = x * scale
+    return x
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=["foreach", "single", "fused"])
+@pytest.mark.parametrize("gamma", [None, 0.15], ids=["l1_l2", "group_mcp"])  # MCP: the largest groups pass γλ_g
+def test_the_unweighted_prox_takes_the_references_step_on_every_path(impl: dict, gamma: float | None) -> None:
+    """With d ≡ 1 the step size is not scale-free: every Adam path must hand the prox §5's α (the
+    foreach and per-tensor paths once passed lr/(1 − β₁ᵗ), √(1 − β₂ᵗ)⁻¹ times too large: 31× at step 1)."""
+    gen = torch.Generator().manual_seed(3)
+    scales = torch.logspace(-2, 0, 16, dtype=torch.float64).view(1, -1, 1, 1)  # groups from near zero to large
+    x0 = torch.randn(8, 16, 3, 3, generator=gen, dtype=torch.float64) * scales
+    grads = [torch.randn(x0.shape, generator=gen, dtype=torch.float64) * 0.1 for _ in range(6)]
+    lam = 3.0
+    param = x0.clone().requires_grad_()
+    penalty_name = "l1_l2" if gamma is None else "group_mcp"
+    opt = ProxAdam([dict(params=[param], penalty=penalty_name, lambda_=lam, gamma=gamma or 3.0, weighted=False,
+                         reweight=True)], lr=0.05, weight_decay=0.01, decoupled_weight_decay=True, **impl)
+    for g in grads:
+        param.grad = g.clone()
+        opt.step()
+    expected = _reference_unweighted(x0, grads, lr=0.05, lam=lam, gamma=gamma, wd=0.01)
+    zero = expected.transpose(0, 1).flatten(1).eq(0).all(1)
+    assert 0 < int(zero.sum()) < 16, "some groups are zeroed, some are not: both branches are exercised"
+    torch.testing.assert_close(param.detach(), expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("penalty_name", ["l1_l2", "group_mcp"])
 def test_state_dict_round_trip_continues_identically(penalty_name: str) -> None:
     model = materialised()
