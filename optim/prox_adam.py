@@ -9,7 +9,9 @@ the proximal step of the penalty P in that metric is z = argmin ½‖z − x‖�
 (see :mod:`optim.prox`). (Scaling d and α by one factor leaves z unchanged; the fused path
 uses d = √v + ε√(1 − β₂ᵗ) with α·√(1 − β₂ᵗ).) With λ = 0 or ``prox=False`` the optimizer is
 ``torch.optim.Adam`` (``decoupled_weight_decay=False``) or ``torch.optim.AdamW`` (``True``).
-The unweighted variant applies the plain-metric prox with the same α.
+The unweighted variant (``weighted=False``) applies the plain-metric prox, d ≡ 1, which no
+common factor leaves unchanged: its step is REFERENCE §5's α·√(1 − β₂ᵗ) = lr·√(1 − β₂ᵗ)/(1 − β₁ᵗ)
+(the step of d = √v + ε) on every path.
 
 Where this differs from the public reference implementation (Deleu & Bengio 2021,
 https://github.com/tristandeleu/pytorch-structured-sparsity, ``AdamW`` with ``groups_fn``):
