@@ -56,6 +56,16 @@ def test_stem_pool_refuses_what_maxpool_refuses() -> None:
 
 
 def test_stem_pool_exports_as_maxpool() -> None:
+    """torch.export (what the ONNX export runs) sees torch's max-pool, not the two maxima."""
+    with torch.no_grad():
+        program = torch.export.export(nn.Sequential(StemMaxPool2d(3, 2, 1)).eval(), (torch.randn(1, 2, 8, 8),))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("max_pool2d" in t for t in targets) and not any("maximum" in t for t in targets)
+
+
+# The legacy tracer (torch.jit.trace, ONNX's dynamo=False exporter) is deprecated but still what some users run.
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.trace.*` is deprecated:FutureWarning")
+def test_stem_pool_traces_as_maxpool() -> None:
     traced = torch.jit.trace(nn.Sequential(StemMaxPool2d(3, 2, 1)).eval(), torch.randn(1, 2, 8, 8))
     assert "aten::max_pool2d" in str(traced.inlined_graph) and "aten::maximum" not in str(traced.inlined_graph)
 
@@ -113,8 +123,18 @@ def test_live_taps_of_the_aspp_rates() -> None:
     assert live_taps(AtrousConv2d(2, 2, 3, padding=0, dilation=5), (2, 2)) is None  # not "same" padding
 
 
+def test_atrous_conv_exports_the_full_kernel() -> None:
+    """An export with dynamic sizes, captured on a small map, must not have baked in the trimmed 1x1 taps."""
+    conv = AtrousConv2d(2, 2, 3, padding=36, dilation=36).eval()
+    side = {2: torch.export.Dim("height", min=2, max=512), 3: torch.export.Dim("width", min=2, max=512)}
+    program = torch.export.export(conv, (torch.randn(1, 2, 12, 16),), dynamic_shapes=(side,))
+    x = torch.randn(1, 2, 80, 80)  # a size where every tap reads the map
+    torch.testing.assert_close(program.module()(x), F.conv2d(x, conv.weight, conv.bias, 1, 36, 36))
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.trace.*` is deprecated:FutureWarning")
 def test_atrous_conv_traces_the_full_kernel() -> None:
     conv = AtrousConv2d(2, 2, 3, padding=36, dilation=36).eval()
     traced = torch.jit.trace(conv, torch.randn(1, 2, 12, 16))
-    x = torch.randn(1, 2, 80, 80)  # a size where every tap reads the map: the trace must not have baked in 1x1
+    x = torch.randn(1, 2, 80, 80)
     torch.testing.assert_close(traced(x), F.conv2d(x, conv.weight, conv.bias, 1, 36, 36))
